@@ -1,0 +1,88 @@
+"""The `distill` command line. Each subcommand takes optional YAML config files and
+``key=value`` overrides after its flags, e.g. ``distill teacher train configs/teacher/default.yaml
+train.steps=100``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distill.config import ConfigError
+
+CONFIG_HELP = "config files (*.yaml) and key=value overrides, applied in order"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="*", metavar="CONFIG|KEY=VALUE", help=CONFIG_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="distill",
+        description="Diffusion step-reduction and distillation lab: image -> views -> Gaussians.",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    # data
+    data = sub.add_parser("data", help="make and inspect the procedural world's datasets")
+    dsub = data.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = dsub.add_parser("make", help="render a split of the world into safetensors shards")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--count", type=int, required=True, help="number of objects")
+    p.add_argument("--root", default=None, help="output root (default data/world)")
+    _add_config(p)
+    p = dsub.add_parser("show", help="contact sheet of one object: condition, targets, held-out")
+    p.add_argument("--seed", type=int, default=0, help="world seed of the object")
+    p.add_argument("--out", default="sheet.png", help="output PNG")
+    _add_config(p)
+
+    # bench
+    bench = sub.add_parser("bench", help="benchmarks that print and save their figures")
+    bsub = bench.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = bsub.add_parser("render", help="tile rasterizer vs dense reference, forward and backward")
+    p.add_argument("--out", default="runs/bench/render.json", help="output JSON")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
+    p.add_argument("--quick", action="store_true", help="small cases only (for smoke tests)")
+
+    # demo
+    p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    _add_config(p)
+    return ap
+
+
+def _root_arg(args: argparse.Namespace) -> list[str]:
+    return [f"root={args.root}"] if getattr(args, "root", None) else []
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "data":
+        from distill import data_cmd
+
+        if args.sub == "make":
+            data_cmd.make(args.split, args.count, _root_arg(args) + args.config)
+        else:
+            data_cmd.show(args.seed, args.out, args.config)
+    elif args.cmd == "bench":
+        from distill.bench import bench_render
+
+        cases = [(256, 4, 16)] if args.quick else None
+        bench_render(args.out, repeats=args.repeats, cases=cases)
+    elif args.cmd == "demo":
+        from distill.demo import demo
+
+        demo(args.out, args.config)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"distill: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""A set of 3D Gaussians (gsplat's parameters) and the standard 3DGS PLY layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SH_C0 = 0.28209479177387814  # zeroth spherical-harmonic basis constant used by 3DGS viewers
+
+
+@dataclass
+class Gaussians:
+    """Gaussians with optional leading batch dims: means [..., N, 3], quats [..., N, 4] (wxyz),
+    scales [..., N, 3] (linear), opacities [..., N] in [0, 1], colors [..., N, 3] in [0, 1]."""
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    opacities: Tensor
+    colors: Tensor
+
+    def __post_init__(self) -> None:
+        n = self.means.shape[:-1]
+        expect = {"means": 3, "quats": 4, "scales": 3, "colors": 3}
+        for name, last in expect.items():
+            t = getattr(self, name)
+            if t.shape[:-1] != n or t.shape[-1] != last:
+                raise ValueError(
+                    f"Gaussians.{name} must be [..., N, {last}] with [..., N] = {tuple(n)}, "
+                    f"got {tuple(t.shape)}"
+                )
+        if self.opacities.shape != n:
+            raise ValueError(
+                f"Gaussians.opacities must be [..., N] = {tuple(n)}, got "
+                f"{tuple(self.opacities.shape)}"
+            )
+
+    @property
+    def count(self) -> int:
+        return self.means.shape[-2]
+
+    def map(self, fn) -> Gaussians:
+        """Apply ``fn`` to every tensor (e.g. ``lambda t: t.to(dev)`` or ``lambda t: t[0]``)."""
+        return Gaussians(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, *args, **kwargs) -> Gaussians:
+        return self.map(lambda t: t.to(*args, **kwargs))
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def cat(items: list[Gaussians], dim: int = -2) -> Gaussians:
+        """Concatenate along the Gaussian axis (dim=-2 for vectors; opacities follow)."""
+        out = {}
+        for f in fields(Gaussians):
+            d = dim + 1 if (f.name == "opacities" and dim < 0) else dim
+            out[f.name] = torch.cat([getattr(g, f.name) for g in items], dim=d)
+        return Gaussians(**out)
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices [..., 3, 3] from quaternions [..., 4] (wxyz, normalised here)."""
+    q = quats / quats.norm(dim=-1, keepdim=True)
+    w, x, y, z = q.unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(q.shape[:-1] + (3, 3))
+
+
+def covariance(quats: Tensor, scales: Tensor) -> Tensor:
+    """3D covariance R S S R^T, [..., 3, 3]."""
+    rs = quat_to_rotmat(quats) * scales[..., None, :]
+    return rs @ rs.transpose(-1, -2)
+
+
+_PLY_FIELDS = (
+    ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
+    + [f"scale_{i}" for i in range(3)]
+    + [f"rot_{i}" for i in range(4)]
+)
+
+
+def save_ply(gaussians: Gaussians, path: str | Path) -> None:
+    """Write one Gaussian set (no batch dims) as a binary 3DGS PLY (SH degree 0)."""
+    g = gaussians.map(lambda t: t.detach().float().cpu())
+    if g.means.ndim != 2:
+        raise ValueError(
+            f"save_ply takes one Gaussian set [N, 3], got means {tuple(g.means.shape)}"
+        )
+    eps = 1e-6
+    op = g.opacities.clamp(eps, 1 - eps)
+    cols = [
+        g.means,
+        torch.zeros_like(g.means),
+        (g.colors - 0.5) / SH_C0,
+        torch.log(op / (1 - op))[:, None],
+        torch.log(g.scales.clamp_min(1e-12)),
+        g.quats / g.quats.norm(dim=-1, keepdim=True),
+    ]
+    data = torch.cat(cols, dim=1).numpy().astype("<f4")
+    header = "ply\nformat binary_little_endian 1.0\n"
+    header += f"element vertex {data.shape[0]}\n"
+    header += "".join(f"property float {name}\n" for name in _PLY_FIELDS)
+    header += "end_header\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(data.tobytes())
+
+
+def load_ply(path: str | Path) -> Gaussians:
+    """Read a binary 3DGS PLY (only its DC colour; higher SH bands are ignored)."""
+    raw = Path(path).read_bytes()
+    end = raw.find(b"end_header\n")
+    if not raw.startswith(b"ply") or end < 0:
+        raise ValueError(f"{path}: not a PLY file")
+    lines = raw[:end].decode("ascii").splitlines()
+    if "format binary_little_endian 1.0" not in lines:
+        raise ValueError(f"{path}: only binary little-endian PLY is supported")
+    n = next(int(ln.split()[2]) for ln in lines if ln.startswith("element vertex"))
+    props = [ln.split()[2] for ln in lines if ln.startswith("property")]
+    if any(ln.split()[1] != "float" for ln in lines if ln.startswith("property")):
+        raise ValueError(f"{path}: only float properties are supported")
+    missing = [p for p in _PLY_FIELDS if p not in props and not p.startswith("n")]
+    if missing:
+        raise ValueError(f"{path}: missing 3DGS properties {missing}")
+    body = raw[end + len(b"end_header\n") :]
+    arr = np.frombuffer(body, dtype="<f4", count=n * len(props)).reshape(n, len(props))
+    col = {p: torch.from_numpy(arr[:, i].copy()) for i, p in enumerate(props)}
+
+    def stack(names: list[str]) -> Tensor:
+        return torch.stack([col[k] for k in names], dim=1)
+
+    return Gaussians(
+        means=stack(["x", "y", "z"]),
+        quats=stack([f"rot_{i}" for i in range(4)]),
+        scales=torch.exp(stack([f"scale_{i}" for i in range(3)])),
+        opacities=torch.sigmoid(col["opacity"]),
+        colors=stack([f"f_dc_{i}" for i in range(3)]) * SH_C0 + 0.5,
+    )

@@ -1,0 +1,166 @@
+"""Dataset shards of the world (safetensors + manifest.json) and the Dataset that reads them."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from scenes.world import (
+    WORLD_VERSION,
+    Rig,
+    WorldConfig,
+    make_rig,
+    make_samples,
+    split_seed,
+    world_id,
+)
+
+SHARD_SIZE = 250  # objects per shard
+IMAGE_KEYS = ("cond", "targets", "heldout")
+
+
+def _to_u8(x: Tensor) -> Tensor:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _from_u8(x: Tensor) -> Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def make_split(
+    root: str | Path,
+    split: str,
+    count: int,
+    cfg: WorldConfig,
+    batch: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Write ``count`` objects of ``split`` as shards under ``root/split``; returns the manifest.
+
+    Existing shards of the same world are kept, so an interrupted run resumes.
+    """
+    out = Path(root) / split
+    out.mkdir(parents=True, exist_ok=True)
+    wid = world_id(cfg)
+    rig = make_rig(cfg)
+    shards = []
+    for first in range(0, count, SHARD_SIZE):
+        n = min(SHARD_SIZE, count - first)
+        name = f"{split}-{first:07d}-{n:04d}.safetensors"
+        path = out / name
+        if not (path.exists() and _shard_meta(path).get("world_id") == wid):
+            parts = []
+            for b in range(first, first + n, batch):
+                seeds = [split_seed(split, i) for i in range(b, min(b + batch, first + n))]
+                with torch.inference_mode():
+                    parts.append(make_samples(seeds, cfg, rig))
+                if progress:
+                    progress(len(seeds))
+            tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            for k in IMAGE_KEYS:
+                tensors[k] = _to_u8(tensors[k])
+            meta = {"world_id": wid, "world_version": str(WORLD_VERSION), "split": split}
+            tmp = path.with_name(path.name + ".tmp")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        elif progress:
+            progress(n)
+        shards.append({"file": name, "count": n, "first": first})
+    manifest = {
+        "world_id": wid,
+        "world_version": WORLD_VERSION,
+        "split": split,
+        "count": count,
+        "shards": shards,
+        "world": asdict(cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _shard_meta(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"{path}: unreadable shard ({e})") from e
+
+
+class WorldDataset(Dataset):
+    """Objects of one split: each item has cond [3,H,W], targets [V,3,H,W], heldout [M,3,H,W]
+    (float in [-1, 1]), gaussians [N, 14] and its seed. Cameras are the rig's (``self.rig``)."""
+
+    def __init__(self, root: str | Path, split: str = "train", world: WorldConfig | None = None):
+        folder = Path(root) / split
+        mpath = folder / "manifest.json"
+        if not mpath.exists():
+            raise FileNotFoundError(
+                f"{mpath} not found: make the split first with "
+                f"`distill data make --split {split} --count N --root {root}`"
+            )
+        man = json.loads(mpath.read_text())
+        if man.get("world_version") != WORLD_VERSION:
+            raise ValueError(
+                f"{mpath}: made by world version {man.get('world_version')}, this code is version "
+                f"{WORLD_VERSION}; remake the data with `distill data make`"
+            )
+        self.world = WorldConfig(**man["world"])
+        if world is not None and world_id(world) != man["world_id"]:
+            raise ValueError(
+                f"{mpath}: data made with a different world config (id {man['world_id']}) than "
+                f"the one asked for (id {world_id(world)}); remake it or match the world settings"
+            )
+        self.rig: Rig = make_rig(self.world)
+        parts: dict[str, list[Tensor]] = {}
+        for sh in man["shards"]:
+            path = folder / sh["file"]
+            meta = _shard_meta(path)
+            if meta.get("world_id") != man["world_id"]:
+                raise ValueError(
+                    f"{path}: shard from another world (world_id {meta.get('world_id')}, "
+                    f"version {meta.get('world_version')}) than its manifest "
+                    f"(world_id {man['world_id']}, version {man['world_version']})"
+                )
+            with safe_open(str(path), framework="pt") as f:
+                for k in f.keys():
+                    parts.setdefault(k, []).append(f.get_tensor(k))
+        self.data = {k: torch.cat(v) for k, v in parts.items()}
+        if len(self.data["seeds"]) != man["count"]:
+            raise ValueError(
+                f"{mpath}: manifest lists {man['count']} objects, shards hold "
+                f"{len(self.data['seeds'])}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.data["seeds"])
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {k: self.data[k][i] for k in self.data}
+        for k in IMAGE_KEYS:
+            item[k] = _from_u8(item[k])
+        return item
+
+    def batch(self, idx: Tensor | list[int]) -> dict[str, Tensor]:
+        """A batch by index without a DataLoader (the data is in memory)."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        out = {k: v[idx] for k, v in self.data.items()}
+        for k in IMAGE_KEYS:
+            out[k] = _from_u8(out[k])
+        return out
