@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     p.add_argument("--quick", action="store_true", help="small cases only (for smoke tests)")
 
+    # teacher
+    teacher = sub.add_parser("teacher", help="train, sample and evaluate the multi-view teacher")
+    tsub = teacher.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = tsub.add_parser("train", help="train the lab teacher (resumes a killed run)")
+    _add_config(p)
+
     # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -69,6 +75,11 @@ def run(argv: list[str] | None = None) -> int:
 
         cases = [(256, 4, 16)] if args.quick else None
         bench_render(args.out, repeats=args.repeats, cases=cases)
+    elif args.cmd == "teacher":
+        from distill import teacher_cmd
+
+        if args.sub == "train":
+            teacher_cmd.train_teacher(args.config)
     elif args.cmd == "demo":
         from distill.demo import demo
 

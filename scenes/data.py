@@ -164,3 +164,20 @@ class WorldDataset(Dataset):
         for k in IMAGE_KEYS:
             out[k] = _from_u8(out[k])
         return out
+
+
+def open_split(
+    root: str | Path, split: str, count: int, world: WorldConfig, batch: int = 8
+) -> WorldDataset:
+    """The split with at least ``count`` objects of this world, made first if missing."""
+    try:
+        ds = WorldDataset(root, split, world)
+        if len(ds) >= count:
+            return ds
+    except FileNotFoundError:
+        pass
+    from tqdm import tqdm
+
+    with tqdm(total=count, desc=f"making {split} data", unit="obj") as bar:
+        make_split(root, split, count, world, batch=batch, progress=bar.update)
+    return WorldDataset(root, split, world)

@@ -1,0 +1,323 @@
+"""The lab's one training loop (teacher, reconstructor, encoder and every method use it).
+
+accelerate provides devices, mixed precision, gradient accumulation and multi-GPU (the same
+command runs under ``accelerate launch``). The loop adds EMA weights, atomic checkpoints every
+N steps and at the end, exact resume after a kill (model, optimizer, scheduler, EMA, step, RNG
+and any extra state the task registers), a progress bar, and per-term CSV (and TensorBoard)
+logs. Each step draws its randomness from a generator seeded by (seed, step), so a resumed run
+repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping shared by every training command."""
+
+    steps: int = 1000  # optimizer updates
+    batch_size: int = 16  # per device, per micro-step
+    grad_accum: int = 1  # micro-steps per update
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0
+    betas: list[float] = None  # AdamW betas; None = (0.9, 0.999)
+    warmup: int = 100  # linear warm-up steps
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    grad_clip: float = 1.0  # max grad norm; 0 disables
+    ema_decay: float = 0.999  # EMA of the weights; 0 disables
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) early on
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
+    ckpt_every: int = 500  # checkpoint period in steps (and always at the end)
+    keep_ckpts: int = 2  # checkpoints kept on disk
+    log_every: int = 10  # CSV/TensorBoard period in steps
+    seed: int = 0  # seeds every step's generator
+    threads: int = 0  # torch CPU threads; 0 = torch default
+
+    def __post_init__(self):
+        if self.betas is None:
+            self.betas = [0.9, 0.999]
+
+
+class EMA:
+    """Exponential moving average of a module's trainable parameters."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.shadow = {
+            k: p.detach().clone().float() for k, p in model.named_parameters() if p.requires_grad
+        }
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay
+        if self.warmup:
+            d = min(d, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach().float(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> nn.Module:
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                p.copy_(self.shadow[k].to(p.dtype))
+        return model
+
+    def model_copy(self, model: nn.Module) -> nn.Module:
+        return self.copy_to(copy.deepcopy(model))
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.updates = sd["updates"]
+        self.shadow = {k: v.float() for k, v in sd["shadow"].items()}
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator for one (micro-)step: a pure function of (seed, step)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        if cfg.schedule == "cosine":
+            p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+        return 1.0
+
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ValueError(f"train.schedule must be constant or cosine, got {cfg.schedule!r}")
+    return f
+
+
+class Checkpoints:
+    """Atomic checkpoint folders ``run/checkpoints/step_XXXXXXX`` plus a ``latest`` pointer."""
+
+    def __init__(self, run_dir: Path, keep: int):
+        self.dir = run_dir / "checkpoints"
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        ptr = self.dir / "latest"
+        if not ptr.exists():
+            return None
+        path = self.dir / ptr.read_text().strip()
+        return path if (path / "state.pt").exists() else None
+
+    def save(self, step: int, tensors: dict[str, dict[str, Tensor]], state: dict) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:07d}"
+        final = self.dir / name
+        tmp = self.dir / (name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for fname, sd in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / fname)
+        torch.save(state, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        ptr_tmp = self.dir / "latest.tmp"
+        ptr_tmp.write_text(name)
+        os.replace(ptr_tmp, self.dir / "latest")
+        old = sorted(p for p in self.dir.glob("step_*") if not p.name.endswith(".tmp"))
+        for p in old[: max(0, len(old) - self.keep)]:
+            shutil.rmtree(p, ignore_errors=True)
+        return final
+
+
+StepFn = Callable[[nn.Module, int, torch.Generator], dict[str, Tensor]]
+
+
+def train(
+    run_dir: str | Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    step_fn: StepFn,
+    extra_state: dict | None = None,
+    desc: str = "train",
+    on_step: Callable[[int, nn.Module], None] | None = None,
+) -> tuple[nn.Module, EMA | None, dict]:
+    """Optimise ``model``'s trainable parameters with ``step_fn`` for ``cfg.steps`` updates.
+
+    ``step_fn(model, micro_step, generator)`` returns named loss terms including ``loss``
+    (what is optimised). ``extra_state`` maps names to objects with ``state_dict`` /
+    ``load_state_dict`` that must survive a resume (e.g. a method's target network).
+    ``on_step(step, model)`` runs after each update (e.g. a method's round switch).
+    Returns the trained model, its EMA and a summary.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    log_with = []
+    try:
+        import tensorboard  # noqa: F401
+
+        log_with = ["tensorboard"]
+    except ImportError:
+        pass
+    acc = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=log_with or None,
+        project_dir=str(run_dir),
+    )
+    set_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    model, opt, sched = acc.prepare(model, opt, sched)
+    raw = acc.unwrap_model(model)
+    ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    extra_state = extra_state or {}
+    ckpts = Checkpoints(run_dir, cfg.keep_ckpts)
+    start = 0
+    last = ckpts.latest()
+    if last is not None:
+        raw.load_state_dict(load_file(last / "model.safetensors"), strict=False)
+        state = torch.load(last / "state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(
+                {"updates": state["ema_updates"], "shadow": load_file(last / "ema.safetensors")}
+            )
+        for name, obj in extra_state.items():
+            obj.load_state_dict(state["extra"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start = state["step"]
+        print(f"resuming {run_dir} from step {start} ({last.name})", flush=True)
+    if acc.is_main_process and log_with:
+        acc.init_trackers("logs")
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        tensors = {"model.safetensors": trainable_state(raw)}
+        if ema is not None:
+            tensors["ema.safetensors"] = ema.shadow
+        state = {
+            "step": step,
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "ema_updates": ema.updates if ema is not None else 0,
+            "extra": {k: v.state_dict() for k, v in extra_state.items()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+        ckpts.save(step, tensors, state)
+
+    log_path = run_dir / "losses.csv"
+    writer, log_file, fields = None, None, None
+    t_start = time.perf_counter()
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start,
+        desc=desc,
+        disable=not acc.is_main_process,
+        dynamic_ncols=True,
+    )
+    model.train()
+    last_terms: dict[str, float] = {}
+    for step in range(start, cfg.steps):
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            gen = step_generator(
+                cfg.seed, step * cfg.grad_accum + micro + acc.process_index * 10**9
+            )
+            with acc.accumulate(model):
+                with acc.autocast():
+                    terms = step_fn(model, step * cfg.grad_accum + micro, gen)
+                loss = terms["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {terms}")
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+        if ema is not None:
+            ema.update(raw)
+        if on_step is not None:
+            on_step(step + 1, raw)
+        last_terms = sums
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
+        done = step + 1
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == cfg.steps):
+            row = {
+                "step": done,
+                "lr": sched.get_last_lr()[0],
+                "elapsed_s": round(time.perf_counter() - t_start, 3),
+                **sums,
+            }
+            if writer is None:
+                exists = log_path.exists()
+                fields = list(row)
+                log_file = open(log_path, "a", newline="")
+                writer = csv.DictWriter(log_file, fieldnames=fields, extrasaction="ignore")
+                if not exists:
+                    writer.writeheader()
+            writer.writerow(row)
+            log_file.flush()
+            if log_with:
+                acc.log({k: v for k, v in row.items() if k != "step"}, step=done)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save(done)
+    bar.close()
+    if log_file:
+        log_file.close()
+    if log_with:
+        acc.end_training()
+    summary = {
+        "steps": cfg.steps,
+        "resumed_from": start,
+        "final": last_terms,
+        "seconds_this_run": round(time.perf_counter() - t_start, 1),
+    }
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return raw, ema, summary
+
+
+def trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    """State of the parameters that train (all buffers too), by name."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    sd = model.state_dict()
+    return {k: v for k, v in sd.items() if k in names or k not in dict(model.named_parameters())}

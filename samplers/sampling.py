@@ -1,0 +1,200 @@
+"""Sampling functions over the path module. Plain functions with one signature:
+
+    sample_X(den, x, ts, cond, generators=None, callback=None) -> x_0
+
+``den`` is a :class:`Denoiser` (any model called as ``model(x_t, t, cond, s=None, **kw)``
+plus its path and parametrization, with classifier-free guidance); ``ts`` is a time grid from
+:func:`time_grid` running from 1 to 0; ``generators`` holds one torch.Generator per sample for
+samplers that draw fresh noise. Samplers import no teacher, student or method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from samplers.paths import Path, check_prediction, ddim_step, interpolate, to_x0_eps, velocity
+
+
+class Denoiser:
+    """Turns a raw model into (x0_hat, eps_hat) predictions, with CFG and an NFE counter."""
+
+    def __init__(
+        self,
+        model: Callable[..., Tensor],
+        path: Path,
+        prediction: str,
+        cfg_scale: float = 1.0,
+        model_kwargs: dict | None = None,
+    ):
+        self.model = model
+        self.path = path
+        self.prediction = check_prediction(prediction)
+        self.cfg_scale = float(cfg_scale)
+        self.model_kwargs = model_kwargs or {}
+        self.nfe = 0  # network evaluations per sample (a CFG pair counts as 2)
+
+    def raw(self, x: Tensor, t: Tensor, cond: Tensor, s: Tensor | None = None) -> Tensor:
+        return cfg(self.model, x, t, cond, self.cfg_scale, s, **self.model_kwargs)
+
+    def __call__(
+        self, x: Tensor, t: Tensor, cond: Tensor, s: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        self.nfe += 2 if self.cfg_scale != 1.0 else 1
+        return to_x0_eps(self.path, self.raw(x, t, cond, s), x, t, self.prediction)
+
+
+def cfg(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | None = None, **kw):
+    """Classifier-free guidance: u + scale * (c - u), with the null condition = zeros."""
+    if scale == 1.0:
+        return model(x, t, cond, s, **kw)
+    both = model(
+        torch.cat([x, x]),
+        torch.cat([t, t]),
+        torch.cat([cond, torch.zeros_like(cond)]),
+        None if s is None else torch.cat([s, s]),
+        **{k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kw.items()},
+    )
+    c, u = both.chunk(2)
+    return u + scale * (c - u)
+
+
+def time_grid(steps: int, shift: float = 1.0, t_max: float = 1.0) -> Tensor:
+    """Times t_max = t_0 > ... > t_steps = 0. ``shift`` > 1 spends more steps at high noise
+    (SD3's timestep shift: t' = shift t / (1 + (shift - 1) t))."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    t = torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t.float()
+
+
+def _bt(t: Tensor, x: Tensor) -> Tensor:
+    return t.to(x.device, x.dtype).expand(x.shape[0])
+
+
+def sample_euler(den, x, ts, cond, generators=None, callback=None):
+    """Euler on the probability-flow ODE dx/dt = alpha' x0 + sigma' eps."""
+    for i in range(len(ts) - 1):
+        t = _bt(ts[i], x)
+        x0, eps = den(x, t, cond)
+        x = x + (ts[i + 1] - ts[i]).item() * velocity(den.path, x0, eps, t)
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_ddim(den, x, ts, cond, generators=None, callback=None):
+    """DDIM (Song et al. 2021): x_s = alpha(s) x0_hat + sigma(s) eps_hat."""
+    for i in range(len(ts) - 1):
+        t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
+        x0, eps = den(x, t, cond)
+        x = ddim_step(den.path, x0, eps, s)
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_heun(den, x, ts, cond, generators=None, callback=None):
+    """Heun's second-order method (Karras et al. 2022); the last step to t=0 is Euler."""
+    for i in range(len(ts) - 1):
+        t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
+        h = (ts[i + 1] - ts[i]).item()
+        x0, eps = den(x, t, cond)
+        d = velocity(den.path, x0, eps, t)
+        x_e = x + h * d
+        if ts[i + 1] > 0:
+            x0_2, eps_2 = den(x_e, s, cond)
+            x = x + h * 0.5 * (d + velocity(den.path, x0_2, eps_2, s))
+        else:
+            x = x_e
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_dpmpp_2m(den, x, ts, cond, generators=None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022) in log-SNR, data prediction; first order on the first
+    step (infinite step in lambda from pure noise) and on the last step to t = 0."""
+    path = den.path
+    x0_prev, h_prev = None, None
+    for i in range(len(ts) - 1):
+        t = _bt(ts[i], x)
+        x0, _ = den(x, t, cond)
+        a_s, s_s, s_t = path.alpha(ts[i + 1]), path.sigma(ts[i + 1]), path.sigma(ts[i])
+        lam_t, lam_s = path.log_snr(ts[i]), path.log_snr(ts[i + 1])
+        h = (lam_s - lam_t).item()
+        if ts[i + 1] == 0:
+            x = x0  # alpha(0) = 1, sigma(0) = 0
+        else:
+            d = x0
+            if x0_prev is not None and h_prev is not None and torch.isfinite(torch.tensor(h_prev)):
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            em = torch.expm1(torch.tensor(-h)).item() if h != float("inf") else -1.0
+            x = (s_s / s_t).item() * x - a_s.item() * em * d
+        x0_prev, h_prev = x0, h
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_consistency(den, x, ts, cond, generators=None, callback=None):
+    """Multistep consistency sampling (Song et al. 2023): jump to x0, re-noise to the next time
+    with fresh per-sample noise; one step is a single jump."""
+    for i in range(len(ts) - 1):
+        t = _bt(ts[i], x)
+        x0, _ = den(x, t, cond)
+        if ts[i + 1] > 0:
+            z = per_sample_noise(x.shape[1:], generators, x.device, x.dtype)
+            x = interpolate(den.path, x0, z, _bt(ts[i + 1], x))
+        else:
+            x = x0
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+def sample_shortcut(den, x, ts, cond, generators=None, callback=None):
+    """Shortcut-model sampling (Frans et al. 2024): each step is conditioned on its own size
+    d = t - s and moves along the predicted average velocity (a DDIM step on the path)."""
+    for i in range(len(ts) - 1):
+        t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
+        x0, eps = den(x, t, cond, t - s)
+        x = ddim_step(den.path, x0, eps, s)
+        if callback:
+            callback(i, x, x0)
+    return x
+
+
+SAMPLERS: dict[str, Callable] = {
+    "euler": sample_euler,
+    "ddim": sample_ddim,
+    "heun": sample_heun,
+    "dpmpp": sample_dpmpp_2m,
+    "consistency": sample_consistency,
+    "shortcut": sample_shortcut,
+}
+
+
+def get_sampler(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def generators_for(seeds: list[int]) -> list[torch.Generator]:
+    """One generator per sample, so every step count starts from the same noise."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def per_sample_noise(
+    shape: tuple[int, ...], generators: list[torch.Generator], device=None, dtype=None
+) -> Tensor:
+    """Standard normal noise [len(generators), *shape], one draw per sample's generator."""
+    if not generators:
+        raise ValueError("this sampler draws fresh noise: pass one generator per sample")
+    z = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return z.to(device=device, dtype=dtype)

@@ -1,0 +1,111 @@
+"""What every multi-view teacher presents to samplers, students and methods.
+
+A teacher is an ``nn.Module`` called as ``teacher(x_t, t, cond, emb=None)``:
+  - x_t  [B, V, C, h, w]: the V views in the teacher's space (pixels, or latents for a VAE model);
+  - t    [B]: the lab's time in [0, 1] (adapters map it to their own timesteps);
+  - cond [B, 3, H, W]: the condition image in [-1, 1]; zeros is the null condition (for CFG);
+  - emb  [B, D] or None: an extra embedding added to the time embedding, D = ``time_embed_dim``
+    (students feed their second time input through it; None leaves the teacher unchanged);
+and returns its raw prediction in ``prediction`` parametrization on ``path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TeacherInfo:
+    kind: str  # "lab" or "diffusers"
+    path: str  # the lab path name (linear / cosine)
+    prediction: str  # velocity / eps / x0 / v
+    views: int
+    grid: tuple[int, int]  # rows, cols of the tiled views
+    channels: int  # channels per view in model space
+    size: int  # view size in model space
+    image_size: int  # view size in pixels after decode
+
+
+def tile_views(x: Tensor, rows: int, cols: int) -> Tensor:
+    """[B, V, C, h, w] -> [B, C, rows*h, cols*w] (row-major, as Instant3D / Zero++ tile)."""
+    b, v, c, h, w = x.shape
+    if v != rows * cols:
+        raise ValueError(f"{v} views do not fill a {rows}x{cols} grid")
+    return (
+        x.reshape(b, rows, cols, c, h, w)
+        .permute(0, 3, 1, 4, 2, 5)
+        .reshape(b, c, rows * h, cols * w)
+    )
+
+
+def untile_views(x: Tensor, rows: int, cols: int) -> Tensor:
+    """[B, C, rows*h, cols*w] -> [B, V, C, h, w]."""
+    b, c, hh, ww = x.shape
+    h, w = hh // rows, ww // cols
+    return (
+        x.reshape(b, c, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c, h, w)
+    )
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 (first 16 hex) of a module's parameters and buffers, in float32, by name."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+class MultiViewTeacher(nn.Module):
+    """Base class: holds ``info`` and the decode step (identity in pixel space)."""
+
+    info: TeacherInfo
+
+    @property
+    def path_name(self) -> str:
+        return self.info.path
+
+    @property
+    def prediction(self) -> str:
+        return self.info.prediction
+
+    @property
+    def time_embed_dim(self) -> int:
+        raise NotImplementedError
+
+    def check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor) -> None:
+        i = self.info
+        want = (i.views, i.channels, i.size, i.size)
+        if x_t.ndim != 5 or tuple(x_t.shape[1:]) != want:
+            raise ValueError(
+                f"x_t must be [B, {', '.join(map(str, want))}], got {tuple(x_t.shape)}"
+            )
+        if cond.ndim != 4 or cond.shape[0] != x_t.shape[0] or cond.shape[1] != 3:
+            raise ValueError(f"cond must be [B={x_t.shape[0]}, 3, H, W], got {tuple(cond.shape)}")
+        if t.shape != (x_t.shape[0],):
+            raise ValueError(f"t must be [B={x_t.shape[0]}], got {tuple(t.shape)}")
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Views in model space -> images [B, V, 3, H, W] in [-1, 1]."""
+        return x.clamp(-1, 1)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Images [B, V, 3, H, W] in [-1, 1] -> model space (identity in pixel space)."""
+        return images
+
+    def noise_shape(self) -> tuple[int, ...]:
+        i = self.info
+        return (i.views, i.channels, i.size, i.size)
