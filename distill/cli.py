@@ -49,12 +49,40 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = teacher.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = tsub.add_parser("train", help="train the lab teacher (resumes a killed run)")
     _add_config(p)
+    p = tsub.add_parser("sample", help="grid of generated views next to the truth")
+    _add_teacher_args(p)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the first object")
+    p.add_argument("--count", type=int, default=4, help="test objects to sample")
+    p.add_argument("--out", default="grid.png", help="output PNG")
+    p = tsub.add_parser("eval", help="view quality vs step count on the test split")
+    _add_teacher_args(p)
+    p.add_argument("--steps", default="1,2,4,8,16,50", help="comma-separated step counts")
+    p.add_argument("--count", type=int, default=64, help="test objects")
+    p.add_argument("--out", default="runs/teacher_eval", help="output folder")
 
     # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
     p.add_argument("--out", default="runs/demo", help="output folder")
     _add_config(p)
     return ap
+
+
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
+    p.add_argument("--sampler", default="euler", help="euler | heun | ddim | dpmpp")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as e:
+        raise ValueError(f"--steps must be comma-separated integers, got {text!r}") from e
+    if not steps or min(steps) < 1:
+        raise ValueError(f"--steps must list positive integers, got {text!r}")
+    return steps
 
 
 def _root_arg(args: argparse.Namespace) -> list[str]:
@@ -80,6 +108,27 @@ def run(argv: list[str] | None = None) -> int:
 
         if args.sub == "train":
             teacher_cmd.train_teacher(args.config)
+        elif args.sub == "sample":
+            teacher_cmd.sample_teacher(
+                args.teacher,
+                args.steps,
+                args.sampler,
+                args.seed,
+                args.out,
+                args.count,
+                args.cfg,
+                args.data_root,
+            )
+        else:
+            teacher_cmd.eval_teacher(
+                args.teacher,
+                _steps(args.steps),
+                args.sampler,
+                args.count,
+                args.cfg,
+                args.out,
+                args.data_root,
+            )
     elif args.cmd == "demo":
         from distill.demo import demo
 

@@ -242,6 +242,8 @@ def train(
         ckpts.save(step, tensors, state)
 
     log_path = run_dir / "losses.csv"
+    if start > 0 and log_path.exists():
+        _truncate_log(log_path, start)  # drop rows a killed run logged after its checkpoint
     writer, log_file, fields = None, None, None
     t_start = time.perf_counter()
     bar = tqdm(
@@ -321,3 +323,11 @@ def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     sd = model.state_dict()
     return {k: v for k, v in sd.items() if k in names or k not in dict(model.named_parameters())}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    rows = path.read_text().splitlines()
+    keep = rows[:1] + [r for r in rows[1:] if r and int(r.split(",")[0]) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(keep) + "\n")
+    os.replace(tmp, path)

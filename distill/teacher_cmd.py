@@ -95,3 +95,70 @@ def train_teacher(args: list[str]) -> Path:
 
 if __name__ == "__main__":
     train_teacher(sys.argv[1:])
+
+
+def _eval_objects(data_root: str, count: int, world: WorldConfig | None = None):
+    """The first ``count`` test-split objects (made if missing) and their noise seeds."""
+    ds = open_split(data_root, "test", count, world or WorldConfig())
+    b = ds.batch(list(range(count)))
+    return b["cond"], b["targets"], [int(s) for s in b["seeds"]]
+
+
+def sample_teacher(
+    teacher_dir: str,
+    steps: int,
+    sampler: str,
+    seed: int,
+    out: str,
+    count: int,
+    cfg_scale: float,
+    data_root: str,
+) -> Path:
+    """Grid of generated views next to the truth for the first ``count`` test objects."""
+    from eval.views import sample_all
+    from scenes.preview import contact_sheet
+    from teachers.io import load_teacher
+
+    model = load_teacher(teacher_dir)
+    cond, gt, _ = _eval_objects(data_root, count)
+    seeds = [seed + i for i in range(count)]
+    views, nfe = sample_all(model, cond, seeds, steps, sampler, cfg_scale)
+    rows = []
+    for o in range(count):
+        rows.append((f"obj {o} generated", torch.cat([cond[o : o + 1], views[o]]), None))
+        rows.append(("truth", torch.cat([cond[o : o + 1], gt[o]]), None))
+    path = contact_sheet(rows, out, title=f"{sampler}, {steps} steps, NFE {nfe}, cfg {cfg_scale}")
+    print(f"wrote {path}")
+    return path
+
+
+def eval_teacher(
+    teacher_dir: str,
+    steps_list: list[int],
+    sampler: str,
+    count: int,
+    cfg_scale: float,
+    out_dir: str,
+    data_root: str,
+) -> list[dict]:
+    """Quality table (view 0 and unseen views vs truth) per step count, JSON + grid PNG."""
+    from eval.views import quality_table, step_quality, steps_grid, write_json
+    from teachers.io import load_teacher
+
+    model = load_teacher(teacher_dir)
+    cond, gt, seeds = _eval_objects(data_root, count)
+    rows, views = step_quality(model, cond, gt, seeds, steps_list, sampler, cfg_scale)
+    out = Path(out_dir)
+    table = quality_table(rows)
+    write_json({"teacher": teacher_dir, "rows": rows}, out / "quality.json")
+    (out / "quality.md").write_text(table + "\n")
+    steps_grid(
+        cond,
+        gt,
+        views,
+        out / "steps_grid.png",
+        title=f"teacher, {sampler}, cfg {cfg_scale}: same objects and noise per row",
+    )
+    print(table)
+    print(f"wrote {out / 'quality.json'} and {out / 'steps_grid.png'}")
+    return rows

@@ -47,15 +47,22 @@ class Denoiser:
 
 
 def cfg(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | None = None, **kw):
-    """Classifier-free guidance: u + scale * (c - u), with the null condition = zeros."""
+    """Classifier-free guidance: u + scale * (c - u), with the null condition = zeros.
+
+    The model is called as ``model(x, t, cond)`` or, with a second time, ``model(x, t, cond, s=s)``.
+    """
+
+    def call(x, t, cond, s, kw):
+        return model(x, t, cond, **kw) if s is None else model(x, t, cond, s=s, **kw)
+
     if scale == 1.0:
-        return model(x, t, cond, s, **kw)
-    both = model(
+        return call(x, t, cond, s, kw)
+    both = call(
         torch.cat([x, x]),
         torch.cat([t, t]),
         torch.cat([cond, torch.zeros_like(cond)]),
         None if s is None else torch.cat([s, s]),
-        **{k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kw.items()},
+        {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kw.items()},
     )
     c, u = both.chunk(2)
     return u + scale * (c - u)
@@ -198,3 +205,31 @@ def per_sample_noise(
         raise ValueError("this sampler draws fresh noise: pass one generator per sample")
     z = torch.stack([torch.randn(shape, generator=g) for g in generators])
     return z.to(device=device, dtype=dtype)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    cond: Tensor,
+    steps: int,
+    seeds: list[int],
+    sampler: str = "euler",
+    cfg_scale: float = 1.0,
+    shift: float = 1.0,
+    model_kwargs: dict | None = None,
+) -> tuple[Tensor, int]:
+    """Sample views for ``cond`` [B, 3, H, W] from per-object seeds with any sampleable model.
+
+    The model needs ``path_name``, ``prediction``, ``noise_shape()`` and ``decode()`` (teachers
+    and students have them). Returns the decoded views [B, V, 3, H, W] and the NFE per sample.
+    """
+    from samplers.paths import get_path
+
+    if len(seeds) != cond.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} condition images")
+    p = next(iter(model.parameters()))
+    den = Denoiser(model, get_path(model.path_name), model.prediction, cfg_scale, model_kwargs)
+    gens = generators_for(seeds)
+    x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
+    x = get_sampler(sampler)(den, x, time_grid(steps, shift), cond.to(p.device, p.dtype), gens)
+    return model.decode(x), den.nfe

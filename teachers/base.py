@@ -12,6 +12,8 @@ and returns its raw prediction in ``prediction`` parametrization on ``path``.
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,42 @@ def file_hash(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def read_json(path: Path, what: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {what}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def weights_file(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(
+        f"{folder}: no safetensors weights (diffusion_pytorch_model.safetensors)"
+    )
+
+
+def load_component(cls, folder: Path):
+    """from_pretrained with local files only and errors that name the file."""
+    weights = weights_file(folder)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            list(f.keys())
+    except Exception as e:
+        raise ValueError(f"{weights}: corrupt or unreadable weights file ({e})") from e
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+    except Exception as e:
+        raise ValueError(f"{weights}: weights do not match {folder / 'config.json'} ({e})") from e
 
 
 class MultiViewTeacher(nn.Module):

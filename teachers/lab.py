@@ -15,7 +15,16 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from samplers.paths import check_prediction, get_path
-from teachers.base import MultiViewTeacher, TeacherInfo, tile_views, untile_views
+from teachers.base import (
+    MultiViewTeacher,
+    TeacherInfo,
+    file_hash,
+    load_component,
+    read_json,
+    tile_views,
+    untile_views,
+    weights_file,
+)
 
 TIME_SCALE = 1000.0  # t in [0, 1] is fed to the UNet's sinusoidal embedding as t * 1000
 
@@ -121,7 +130,12 @@ class LabTeacher(MultiViewTeacher):
     @classmethod
     def load(cls, folder: str | Path) -> LabTeacher:
         folder = Path(folder)
-        info = json.loads((folder / "teacher.json").read_text())
-        cfg = LabTeacherConfig(**info["config"])
-        unet = UNet2DModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
-        return cls(cfg, unet)
+        info = read_json(folder / "teacher.json", "a lab teacher folder needs teacher.json")
+        try:
+            cfg = LabTeacherConfig(**info["config"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{folder / 'teacher.json'}: bad 'config' entry ({e})") from e
+        unet = load_component(UNet2DModel, folder / "unet")
+        model = cls(cfg, unet)
+        model.weights_id = file_hash(weights_file(folder / "unet"))
+        return model

@@ -1,0 +1,34 @@
+"""Image metrics on [-1, 1] images, per image (callers aggregate)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+
+def _unit(x: Tensor) -> Tensor:
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR in dB per image for [..., 3, H, W] in [-1, 1] (data range 1 after mapping to [0, 1])."""
+    mse = ((_unit(a) - _unit(b)) ** 2).flatten(-3).mean(-1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """SSIM per image (torchmetrics, Gaussian window 11, sigma 1.5) for [..., 3, H, W]."""
+    lead = a.shape[:-3]
+    x, y = _unit(a).reshape(-1, *a.shape[-3:]), _unit(b).reshape(-1, *b.shape[-3:])
+    k = 11 if min(a.shape[-2:]) >= 11 else (min(a.shape[-2:]) // 2) * 2 - 1
+    v = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none", kernel_size=k)
+    return v.reshape(lead)
+
+
+def mean_ci(values: Tensor) -> tuple[float, float]:
+    """Mean and 95% normal-approximation half-width of the confidence interval."""
+    v = values.double().flatten()
+    if v.numel() < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(1.96 * v.std() / v.numel() ** 0.5)

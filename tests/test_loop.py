@@ -1,0 +1,90 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from teachers.io import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "teacher" / "tiny.yaml")
+
+
+def _cmd(tmp: Path, run: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "teacher",
+        "train",
+        TINY,
+        f"run_dir={tmp / run}",
+        f"data.root={tmp / 'data'}",
+        *extra,
+    ]
+
+
+def _run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_teacher_train_kill_and_resume_is_exact(tmp_path):
+    # data first, so that both runs start from the same files
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "data",
+            "make",
+            "--split",
+            "train",
+            "--count",
+            "24",
+            "--root",
+            str(tmp_path / "data"),
+            "world.image_size=16",
+            "world.gaussians=64",
+        ]
+    )
+    # the uninterrupted reference
+    _run(_cmd(tmp_path, "ref"))
+    # a run killed (SIGKILL) once its first checkpoint exists, then rerun with the same command
+    proc = subprocess.Popen(
+        _cmd(tmp_path, "killed"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest.read_text().split("_")[1])
+    assert killed_at < 40, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "teacher").exists()
+    r = _run(_cmd(tmp_path, "killed"))
+    assert "resuming" in r.stdout
+    ref, res = (
+        load_teacher(tmp_path / "ref" / "teacher"),
+        load_teacher(tmp_path / "killed" / "teacher"),
+    )
+    for (k, a), (_, b) in zip(ref.state_dict().items(), res.state_dict().items()):
+        assert torch.equal(a, b), k
+    # the resumed run's log continues where the killed one stopped, one row per logged step
+    lines = (tmp_path / "killed" / "losses.csv").read_text().strip().splitlines()
+    steps = [int(ln.split(",")[0]) for ln in lines[1:]]
+    assert (
+        steps == sorted(set(steps))
+        and steps[-1] == 40
+        and lines[0].startswith("step,lr,elapsed_s,loss")
+    )
+    assert (tmp_path / "killed" / "config.yaml").exists()
