@@ -61,6 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=64, help="test objects")
     p.add_argument("--out", default="runs/teacher_eval", help="output folder")
 
+    # recon
+    recon = sub.add_parser("recon", help="train, evaluate and run the Gaussian reconstructor")
+    rsub = recon.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = rsub.add_parser("train", help="train the reconstructor (resumes a killed run)")
+    _add_config(p)
+    p = rsub.add_parser("eval", help="held-out PSNR/SSIM, Chamfer, latency vs a naive baseline")
+    p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
+    p.add_argument("--count", type=int, default=64, help="test objects")
+    p.add_argument("--out", default="runs/recon_eval", help="output folder")
+    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p = rsub.add_parser("run", help="views -> 3DGS PLY (+ a contact sheet of renders)")
+    p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
+    p.add_argument("--views", required=True,
+                   help="a 2x2 grid PNG, a folder of 4 PNGs, or a NeRF-synthetic folder")
+    p.add_argument("--out", default="object.ply", help="output PLY")
+    p.add_argument("--renders", default=None, help="optional contact sheet PNG of renders")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
     # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -129,6 +148,15 @@ def run(argv: list[str] | None = None) -> int:
                 args.out,
                 args.data_root,
             )
+    elif args.cmd == "recon":
+        from distill import recon_cmd
+
+        if args.sub == "train":
+            recon_cmd.train_recon(args.config)
+        elif args.sub == "eval":
+            recon_cmd.eval_recon(args.recon, args.count, args.out, args.data_root, args.device)
+        else:
+            recon_cmd.run_recon(args.recon, args.views, args.out, args.renders, args.device)
     elif args.cmd == "demo":
         from distill.demo import demo
 

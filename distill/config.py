@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import is_dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,6 +10,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
+
+
+@dataclass
+class DataSpec:
+    """Where a training command finds the world's train split (made on first use)."""
+
+    root: str = "data/world"  # dataset root
+    train_count: int = 4000  # training objects
 
 
 class ConfigError(ValueError):

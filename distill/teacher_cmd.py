@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from distill.config import load_config, save_config, to_dict
+from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.loop import TrainConfig, train
 from distill.methods.base import diffusion_targets, regression_loss
 from samplers.paths import get_path
@@ -17,12 +17,6 @@ from scenes.data import open_split
 from scenes.world import WorldConfig, world_id
 from teachers.base import weights_hash
 from teachers.lab import LabTeacher, LabTeacherConfig
-
-
-@dataclass
-class DataSpec:
-    root: str = "data/world"  # dataset root (made on first use)
-    train_count: int = 4000  # training objects
 
 
 @dataclass

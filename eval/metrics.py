@@ -32,3 +32,36 @@ def mean_ci(values: Tensor) -> tuple[float, float]:
     if v.numel() < 2:
         return float(v.mean()), float("nan")
     return float(v.mean()), float(1.96 * v.std() / v.numel() ** 0.5)
+
+
+def chamfer(pred: Tensor, weights: Tensor, gt: Tensor, min_weight: float = 0.5) -> Tensor:
+    """Chamfer distance (scene units) between weighted predicted points [B, N, 3] and ground
+    truth [B, M, 3]: the weight-averaged distance from predictions to their nearest truth plus
+    the mean distance from each truth point to its nearest prediction of weight >= min_weight,
+    halved. Per object [B]."""
+    d = torch.cdist(pred.float(), gt.float())  # [B, N, M]
+    w = weights.float()
+    p2g = (d.min(2).values * w).sum(1) / w.sum(1).clamp_min(1e-8)
+    far = torch.full_like(d, float("inf"))
+    g2p = torch.where((w >= min_weight)[..., None], d, far).min(1).values  # [B, M]
+    g2p = torch.where(torch.isfinite(g2p), g2p, d.max(1).values)
+    return 0.5 * (p2g + g2p.mean(1))
+
+
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, LPIPS's backbone
+
+
+def load_lpips():
+    """(LPIPS model, "") when its AlexNet backbone weights are in the local torch cache, else
+    (None, the reason). Never downloads."""
+    from pathlib import Path
+
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    if not ckpt.exists():
+        return None, (
+            f"LPIPS needs AlexNet backbone weights, not in the local torch cache ({ckpt}) and "
+            "this machine cannot download them"
+        )
+    import lpips
+
+    return lpips.LPIPS(net="alex", verbose=False).eval(), ""

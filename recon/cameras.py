@@ -73,8 +73,11 @@ def check_cameras(viewmats: Tensor, Ks: Tensor, n: int | None = None) -> None:
         raise ValueError(f"expected {n} cameras, got {viewmats.shape[-3]}")
 
 
-def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
-    """Per-pixel ray origins and unit directions in world space: [..., H, W, 3] each."""
+def camera_rays(
+    viewmats: Tensor, Ks: Tensor, width: int, height: int, normalize: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel ray origins and directions in world space, [..., H, W, 3] each. Directions are
+    unit vectors, or with ``normalize=False`` scaled to camera depth 1 (o + z * d has depth z)."""
     ys, xs = torch.meshgrid(
         torch.arange(height, dtype=viewmats.dtype, device=viewmats.device) + 0.5,
         torch.arange(width, dtype=viewmats.dtype, device=viewmats.device) + 0.5,
@@ -86,7 +89,8 @@ def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> tuple[
     c2w = torch.linalg.inv(viewmats)
     rot = c2w[..., :3, :3]
     d_world = torch.einsum("...ij,...hwj->...hwi", rot, d_cam)
-    d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+    if normalize:
+        d_world = d_world / d_world.norm(dim=-1, keepdim=True)
     origin = c2w[..., None, None, :3, 3].expand_as(d_world)
     return origin, d_world
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from recon.tiling import tile_views, untile_views  # noqa: F401  (re-exported)
+
 
 @dataclass
 class TeacherInfo:
@@ -31,27 +33,6 @@ class TeacherInfo:
     channels: int  # channels per view in model space
     size: int  # view size in model space
     image_size: int  # view size in pixels after decode
-
-
-def tile_views(x: Tensor, rows: int, cols: int) -> Tensor:
-    """[B, V, C, h, w] -> [B, C, rows*h, cols*w] (row-major, as Instant3D / Zero++ tile)."""
-    b, v, c, h, w = x.shape
-    if v != rows * cols:
-        raise ValueError(f"{v} views do not fill a {rows}x{cols} grid")
-    return (
-        x.reshape(b, rows, cols, c, h, w)
-        .permute(0, 3, 1, 4, 2, 5)
-        .reshape(b, c, rows * h, cols * w)
-    )
-
-
-def untile_views(x: Tensor, rows: int, cols: int) -> Tensor:
-    """[B, C, rows*h, cols*w] -> [B, V, C, h, w]."""
-    b, c, hh, ww = x.shape
-    h, w = hh // rows, ww // cols
-    return (
-        x.reshape(b, c, rows, h, cols, w).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, c, h, w)
-    )
 
 
 def weights_hash(module: nn.Module) -> str:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from torch import Tensor
 
+from recon.tiling import grid_unet
 from samplers.paths import check_prediction, get_path
 from teachers.base import (
     MultiViewTeacher,
@@ -56,8 +57,6 @@ class LabTeacher(MultiViewTeacher):
             raise ValueError(f"teacher.views={cfg.views} not divisible by teacher.rows={cfg.rows}")
         if len(cfg.azimuths) != cfg.views:
             raise ValueError(f"teacher.azimuths needs {cfg.views} entries, got {len(cfg.azimuths)}")
-        if len(cfg.channels) != len(cfg.attention):
-            raise ValueError("teacher.channels and teacher.attention must have the same length")
         self.cfg = cfg
         self.info = TeacherInfo(
             kind="lab",
@@ -69,23 +68,19 @@ class LabTeacher(MultiViewTeacher):
             size=cfg.image_size,
             image_size=cfg.image_size,
         )
+        p = cfg.patch
         self.unet = (
             unet
             if unet is not None
-            else UNet2DModel(
-                sample_size=cfg.image_size * cfg.rows // cfg.patch,
-                in_channels=(3 + 3 + 2) * cfg.patch**2,
-                out_channels=3 * cfg.patch**2,
-                block_out_channels=tuple(cfg.channels),
-                down_block_types=tuple(
-                    "AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention
-                ),
-                up_block_types=tuple(
-                    "AttnUpBlock2D" if a else "UpBlock2D" for a in cfg.attention[::-1]
-                ),
-                layers_per_block=cfg.layers_per_block,
-                attention_head_dim=cfg.head_dim,
-                norm_num_groups=cfg.norm_groups,
+            else grid_unet(
+                cfg.image_size * cfg.rows // p,
+                (3 + 3 + 2) * p * p,
+                3 * p * p,
+                cfg.channels,
+                cfg.attention,
+                cfg.layers_per_block,
+                cfg.head_dim,
+                cfg.norm_groups,
                 class_embed_type="identity",  # the extra-embedding port students use; zeros = none
             )
         )

@@ -1,0 +1,247 @@
+"""`distill recon train|eval|run`: the fixed feed-forward Gaussian reconstructor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from distill.config import DataSpec, load_config, save_config, to_dict
+from distill.loop import TrainConfig, train
+from recon.model import ReconConfig, Reconstructor
+from recon.raster import rasterize
+from scenes.data import open_split
+from scenes.world import WorldConfig, make_rig, unpack_gaussians, world_id
+
+
+@dataclass
+class ReconLossConfig:
+    rgb: float = 1.0  # MSE of rendered colour
+    mask: float = 0.5  # MSE of rendered alpha against the true silhouette
+    depth: float = 0.2  # L1 of each input pixel's Gaussian depth against the true depth map
+    render_views: int = 4  # views rendered per object per step (among inputs and held-out)
+
+
+@dataclass
+class ReconTrainConfig:
+    run_dir: str = "runs/recon"  # checkpoints, logs, resolved config
+    out: str = ""  # final reconstructor folder; default <run_dir>/recon
+    data: DataSpec = field(default_factory=DataSpec)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    loss: ReconLossConfig = field(default_factory=ReconLossConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8))
+
+
+def _camera_depth(means: torch.Tensor, viewmats: torch.Tensor) -> torch.Tensor:
+    """Camera z of points [B, V, P, 3] in their views' cameras [V, 4, 4] -> [B, V, P]."""
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    return torch.einsum("vj,bvpj->bvp", R[:, 2], means) + t[:, 2][None, :, None]
+
+
+def train_recon(args: list[str]) -> Path:
+    cfg = load_config(ReconTrainConfig, args)
+    if cfg.world.image_size != cfg.recon.image_size:
+        raise ValueError(
+            f"world.image_size={cfg.world.image_size} but recon.image_size={cfg.recon.image_size}"
+        )
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir)
+    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    rig = make_rig(cfg.world)
+    size, n = cfg.world.image_size, cfg.data.train_count
+    vm_in = rig.target_viewmats
+    vm_all = torch.cat([rig.target_viewmats, rig.heldout_viewmats])  # [C, 4, 4]
+    n_cams, k = vm_all.shape[0], min(cfg.loss.render_views, vm_all.shape[0])
+    white = torch.ones(3)
+    torch.manual_seed(cfg.train.seed)
+    model = Reconstructor(cfg.recon)
+    L = cfg.loss
+
+    def step_fn(m, step, gen):
+        b = ds.batch(torch.randint(n, (cfg.train.batch_size,), generator=gen))
+        bs = b["targets"].shape[0]
+        g = m(b["targets"], vm_in, rig.K.expand(len(vm_in), 3, 3))
+        sel = torch.argsort(torch.rand(bs, n_cams, generator=gen), dim=1)[:, :k]  # [B, k]
+        vms = vm_all[sel]
+        Ks = rig.K.expand(bs, k, 3, 3)
+        rgb, alpha, _ = rasterize(g, vms, Ks, size, size, background=white)
+        images = torch.cat([b["targets"], b["heldout"]], 1)
+        gt = images[torch.arange(bs)[:, None], sel].movedim(2, -1) * 0.5 + 0.5
+        truth = unpack_gaussians(b["gaussians"])
+        with torch.no_grad():
+            _, gt_alpha, _ = rasterize(truth, vms, Ks, size, size)
+            _, in_alpha, in_depth = rasterize(
+                truth, vm_in.expand(bs, -1, -1, -1), rig.K.expand(bs, len(vm_in), 3, 3), size, size
+            )
+        terms = {"rgb": ((rgb - gt) ** 2).mean(), "mask": ((alpha - gt_alpha) ** 2).mean()}
+        z = _camera_depth(g.means.reshape(bs, len(vm_in), -1, 3), vm_in)
+        covered = (in_alpha[..., 0] > 0.9).flatten(2)
+        dz = (z - in_depth[..., 0].flatten(2)).abs()
+        terms["depth"] = (dz * covered).sum() / covered.sum().clamp_min(1)
+        terms["loss"] = L.rgb * terms["rgb"] + L.mask * terms["mask"] + L.depth * terms["depth"]
+        return terms
+
+    t0 = time.perf_counter()
+    model, ema, _ = train(run_dir, cfg.train, model, step_fn, desc="recon")
+    if ema is not None:
+        ema.copy_to(model)
+    out = Path(cfg.out or run_dir / "recon")
+    model.save(
+        out,
+        meta={
+            "world_id": world_id(cfg.world),
+            "train_config": to_dict(cfg),
+            "command": "distill recon train " + " ".join(args),
+            "train_seconds_last_run": round(time.perf_counter() - t0, 1),
+            "steps": cfg.train.steps,
+        },
+    )
+    print(f"reconstructor saved to {out}")
+    return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str = "auto") -> dict:
+    """Held-out PSNR/SSIM, Chamfer and latency of the reconstructor and of the naive baseline
+    on the first ``count`` test objects, with ground-truth views as input."""
+    from eval.metrics import load_lpips
+    from eval.recon_eval import evaluate, latency, unproject_baseline
+    from eval.views import write_json
+
+    dev = _device(device)
+    model = Reconstructor.load(recon_dir).to(dev)
+    world = (
+        WorldConfig(**model.info["train_config"]["world"])
+        if "train_config" in model.info
+        else WorldConfig(image_size=model.cfg.image_size)
+    )
+    ds = open_split(data_root, "test", count, world)
+    b = ds.batch(list(range(count)))
+    rig = ds.rig
+    vm, K = rig.target_viewmats, rig.K
+    Ks = K.expand(len(vm), 3, 3)
+    truth = unpack_gaussians(b["gaussians"]).means
+
+    def reconstruct(v):
+        return model(v.to(dev), vm.to(dev), Ks.to(dev))
+
+    def baseline(v):
+        return unproject_baseline(v.to(dev), vm.to(dev), Ks.to(dev), world.distance)
+
+    res = {"recon": recon_dir, "objects": count, "split": "test"}
+    res.update(evaluate(reconstruct, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K))
+    res.update(latency(reconstruct, b["targets"], rig.heldout_viewmats, K, dev))
+    base = evaluate(baseline, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K)
+    base.update(latency(baseline, b["targets"], rig.heldout_viewmats, K, dev))
+    res["baseline"] = {"name": "unproject input pixels at the rig distance", **base}
+    res["psnr_gain_db"] = res["psnr"] - base["psnr"]
+    lp, reason = load_lpips()
+    res["lpips"] = None
+    if lp is None:
+        res["lpips_missing"] = reason
+    path = write_json(res, Path(out) / "recon_eval.json")
+    print(
+        f"reconstructor: PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.3f}  Chamfer "
+        f"{res['chamfer']:.4f}  recon {res['recon_ms']:.1f} ms  render {res['render_ms']:.1f} ms"
+        f" ({res['render_views']} views, {res['device']})\n"
+        f"baseline:      PSNR {base['psnr']:.2f} dB  SSIM {base['ssim']:.3f}  Chamfer "
+        f"{base['chamfer']:.4f}\n"
+        f"gain {res['psnr_gain_db']:.2f} dB over {count} test objects; wrote {path}"
+    )
+    return res
+
+
+def read_views(path: str, size: int, views: int, rows: int, rig):
+    """Input views from a 2x2 grid PNG, a folder of PNGs (rig cameras), or a NeRF-synthetic
+    folder (its own cameras). Returns views [V, 3, H, W] in [-1, 1], viewmats, Ks."""
+
+    from scenes.nerf import load_nerf_folder
+
+    p = Path(path)
+    Ks = rig.K.expand(views, 3, 3)
+    if p.is_dir() and (p / "transforms.json").exists():
+        posed = load_nerf_folder(p)
+        imgs, vm, Ks = posed.images, posed.viewmats, posed.Ks
+    elif p.is_dir():
+        files = sorted(p.glob("*.png"))
+        if len(files) != views:
+            raise ValueError(f"{p}: found {len(files)} PNG views, the reconstructor takes {views}")
+        imgs = torch.stack([_load_png(f) for f in files])
+        vm = rig.target_viewmats
+    elif p.is_file():
+        grid = _load_png(p)
+        cols = views // rows
+        h, w = grid.shape[-2] // rows, grid.shape[-1] // cols
+        if grid.shape[-2] != rows * size or grid.shape[-1] != cols * size:
+            raise ValueError(
+                f"{p}: a {rows}x{cols} grid of {size}px views must be {cols * size}x{rows * size} "
+                f"pixels, got {grid.shape[-1]}x{grid.shape[-2]}"
+            )
+        imgs = grid.reshape(3, rows, h, cols, w).permute(1, 3, 0, 2, 4).reshape(views, 3, h, w)
+        vm = rig.target_viewmats
+    else:
+        raise FileNotFoundError(f"views {p} not found (a PNG grid or a folder)")
+    if imgs.shape[0] != views:
+        raise ValueError(f"{p}: {imgs.shape[0]} views, the reconstructor takes {views}")
+    if imgs.shape[-2:] != (size, size):
+        raise ValueError(
+            f"{p}: views are {imgs.shape[-1]}x{imgs.shape[-2]}, expected {size}x{size}"
+        )
+    return imgs, vm, Ks
+
+
+def _load_png(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        img = Image.open(path).convert("RGBA")
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from e
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    rgb = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
+    return torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1
+
+
+def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device: str = "auto"):
+    """Reconstruct one object from its views; write the 3DGS PLY and optionally a render sheet."""
+    from eval.recon_eval import render_images
+    from recon.cameras import orbit_viewmat
+    from recon.gaussians import save_ply
+    from scenes.preview import contact_sheet
+
+    dev = _device(device)
+    model = Reconstructor.load(recon_dir).to(dev)
+    c = model.cfg
+    world = (
+        WorldConfig(**model.info["train_config"]["world"])
+        if "train_config" in model.info
+        else WorldConfig(image_size=c.image_size)
+    )
+    rig = make_rig(world)
+    imgs, vm, Ks = read_views(views, c.image_size, c.views, c.rows, rig)
+    with torch.inference_mode():
+        g = model(imgs[None].to(dev), vm.to(dev), Ks.to(dev))
+    save_ply(g.map(lambda t: t[0]), out)
+    print(f"wrote {out} ({g.count} Gaussians)")
+    if renders:
+        orbit = torch.stack(
+            [orbit_viewmat(a, world.target_elevation, world.distance) for a in range(0, 360, 45)]
+        )
+        with torch.inference_mode():
+            imgs_orbit = render_images(g, orbit.to(dev), rig.K.to(dev), c.image_size)[0].cpu()
+        rows = [
+            ("input views", imgs, None),
+            ("renders", imgs_orbit, [f"az {a}" for a in range(0, 360, 45)]),
+        ]
+        contact_sheet(rows, renders, title="reconstruction")
+        print(f"wrote {renders}")
+    return g

@@ -1,0 +1,151 @@
+"""The fixed feed-forward reconstructor: V posed views in, one 3D Gaussian per input pixel out
+(pixel-aligned, as LGM and GRM predict them).
+
+Each view gets its Pluecker ray embedding (6 channels) next to its RGB; the views are tiled
+into a grid and run through a diffusers UNet2DModel whose self-attention spans every view. Per
+pixel the head predicts a camera depth along the pixel's ray, opacity, scales, rotation and a
+colour residual on the pixel's own colour, each through a bounded activation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from recon.cameras import camera_rays
+from recon.gaussians import Gaussians
+from recon.tiling import grid_unet, tile_views, untile_views
+
+OUT_CHANNELS = 12  # depth 1, opacity 1, scales 3, quaternion 4, colour residual 3
+
+
+@dataclass
+class ReconConfig:
+    """Architecture and output ranges of the reconstructor."""
+
+    views: int = 4  # input views, tiled rows x (views / rows)
+    rows: int = 2
+    image_size: int = 32  # per-view size in pixels
+    channels: list[int] = field(default_factory=lambda: [48, 96, 128])  # per UNet level
+    attention: list[bool] = field(default_factory=lambda: [False, True, True])
+    layers_per_block: int = 1
+    patch: int = 2  # space-to-depth factor before the UNet
+    head_dim: int = 32
+    norm_groups: int = 16
+    near: float = 1.3  # camera-depth range of the Gaussians
+    far: float = 3.1
+    min_scale: float = 0.002  # scale range (world units)
+    max_scale: float = 0.08
+    colour_residual: float = 0.5  # max change of a Gaussian's colour from its pixel's colour
+
+
+class Reconstructor(nn.Module):
+    def __init__(self, cfg: ReconConfig):
+        super().__init__()
+        if cfg.views % cfg.rows:
+            raise ValueError(f"recon.views={cfg.views} not divisible by recon.rows={cfg.rows}")
+        self.cfg = cfg
+        p = cfg.patch
+        self.unet = grid_unet(
+            cfg.image_size * cfg.rows // p,
+            9 * p * p,
+            OUT_CHANNELS * p * p,
+            cfg.channels,
+            cfg.attention,
+            cfg.layers_per_block,
+            cfg.head_dim,
+            cfg.norm_groups,
+        )
+
+    def check_inputs(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.cfg
+        if views.ndim != 5 or views.shape[1:] != (c.views, 3, c.image_size, c.image_size):
+            raise ValueError(
+                f"views must be [B, {c.views}, 3, {c.image_size}, {c.image_size}] in [-1, 1], got "
+                f"{tuple(views.shape)}"
+            )
+        b = views.shape[0]
+        if viewmats.ndim == 3:
+            viewmats = viewmats.expand(b, -1, -1, -1)
+        if Ks.ndim == 3:
+            Ks = Ks.expand(b, -1, -1, -1)
+        if viewmats.shape != (b, c.views, 4, 4):
+            raise ValueError(
+                f"cameras do not match the views: viewmats must be [{c.views}, 4, 4] or "
+                f"[B={b}, {c.views}, 4, 4], got {tuple(viewmats.shape)}"
+            )
+        if Ks.shape != (b, c.views, 3, 3):
+            raise ValueError(
+                f"cameras do not match the views: Ks must be [{c.views}, 3, 3] or "
+                f"[B={b}, {c.views}, 3, 3], got {tuple(Ks.shape)}"
+            )
+        return viewmats, Ks
+
+    def forward(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> Gaussians:
+        """views [B, V, 3, H, W] in [-1, 1]; cameras [V or B x V, 4, 4] and [.., 3, 3]."""
+        viewmats, Ks = self.check_inputs(views, viewmats, Ks)
+        c = self.cfg
+        b, v, _, h, w = views.shape
+        origin, dirs = camera_rays(viewmats.to(views), Ks.to(views), w, h, normalize=False)
+        unit = dirs / dirs.norm(dim=-1, keepdim=True)
+        plk = torch.cat([torch.linalg.cross(origin, unit, dim=-1), unit], -1).movedim(-1, 2)
+        x = tile_views(torch.cat([views, plk], 2), c.rows, v // c.rows)
+        t = torch.zeros(b, device=views.device, dtype=views.dtype)
+        out = self.unet(F.pixel_unshuffle(x, c.patch), t).sample
+        out = untile_views(F.pixel_shuffle(out, c.patch), c.rows, v // c.rows)  # [B, V, 12, H, W]
+        out = out.movedim(2, -1).reshape(b, v * h * w, OUT_CHANNELS)
+        depth = c.near + (c.far - c.near) * torch.sigmoid(out[..., 0:1])
+        means = origin.reshape(b, -1, 3) + depth * dirs.reshape(b, -1, 3)
+        scales = c.min_scale + (c.max_scale - c.min_scale) * torch.sigmoid(out[..., 2:5])
+        quats = out[..., 5:9] + torch.tensor([1.0, 0, 0, 0], device=out.device, dtype=out.dtype)
+        pix = ((views + 1) / 2).movedim(2, -1).reshape(b, -1, 3)
+        colors = (pix + c.colour_residual * torch.tanh(out[..., 9:12])).clamp(0, 1)
+        return Gaussians(
+            means=means,
+            quats=quats / quats.norm(dim=-1, keepdim=True),
+            scales=scales,
+            opacities=torch.sigmoid(out[..., 1]),
+            colors=colors,
+        )
+
+    def save(self, folder: str | Path, meta: dict | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.state_dict().items()},
+            folder / "model.safetensors",
+        )
+        info = {"kind": "reconstructor", "config": asdict(self.cfg), **(meta or {})}
+        (folder / "recon.json").write_text(json.dumps(info, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Reconstructor:
+        folder = Path(folder)
+        meta = folder / "recon.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{meta} not found: a reconstructor folder needs recon.json")
+        info = json.loads(meta.read_text())
+        try:
+            model = cls(ReconConfig(**info["config"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{folder / 'recon.json'}: bad 'config' entry ({e})") from e
+        wpath = folder / "model.safetensors"
+        if not wpath.exists():
+            raise FileNotFoundError(f"{wpath} not found")
+        try:
+            sd = load_file(wpath)
+        except Exception as e:
+            raise ValueError(f"{wpath}: corrupt or unreadable weights file ({e})") from e
+        try:
+            model.load_state_dict({k: v.float() for k, v in sd.items()})
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0]
+            raise ValueError(f"{wpath}: weights do not match recon.json ({msg})") from e
+        model.info = info
+        return model.eval()
