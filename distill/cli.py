@@ -74,11 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p = rsub.add_parser("run", help="views -> 3DGS PLY (+ a contact sheet of renders)")
     p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
-    p.add_argument("--views", required=True,
-                   help="a 2x2 grid PNG, a folder of 4 PNGs, or a NeRF-synthetic folder")
+    p.add_argument(
+        "--views",
+        required=True,
+        help="a 2x2 grid PNG, a folder of 4 PNGs, or a NeRF-synthetic folder",
+    )
     p.add_argument("--out", default="object.ply", help="output PLY")
     p.add_argument("--renders", default=None, help="optional contact sheet PNG of renders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    # distillation
+    p = sub.add_parser("train", help="distill the teacher into a student with one method")
+    p.add_argument(
+        "--method", required=True, help="progressive | consistency | reflow | shortcut | finetune"
+    )
+    p.add_argument("--teacher", default=None, help="teacher folder (default: teacher= in config)")
+    _add_config(p)
+    p = sub.add_parser("sample", help="grid of a student's views next to the truth")
+    p.add_argument("--student", required=True, help="student folder")
+    p.add_argument("--steps", type=int, required=True, help="sampling steps")
+    p.add_argument("--teacher", default=None, help="teacher folder (default: the card's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the first object")
+    p.add_argument("--count", type=int, default=4, help="test objects")
+    p.add_argument("--out", default="student_grid.png", help="output PNG")
+    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p = sub.add_parser("compare", help="students vs the teacher at the same steps and at 50")
+    p.add_argument("--students", required=True, help="comma-separated student folders")
+    p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
+    p.add_argument("--count", type=int, default=64, help="test objects")
+    p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
+    p.add_argument("--cfg", type=float, default=1.0, help="teacher CFG scale")
+    p.add_argument("--out", default="runs/compare", help="output folder")
+    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
 
     # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
@@ -157,6 +184,28 @@ def run(argv: list[str] | None = None) -> int:
             recon_cmd.eval_recon(args.recon, args.count, args.out, args.data_root, args.device)
         else:
             recon_cmd.run_recon(args.recon, args.views, args.out, args.renders, args.device)
+    elif args.cmd == "train":
+        from distill.train_cmd import train_student
+
+        train_student(args.method, args.config, args.teacher)
+    elif args.cmd == "sample":
+        from distill.student_eval import sample_student
+
+        sample_student(
+            args.student, args.steps, args.seed, args.count, args.out, args.data_root, args.teacher
+        )
+    elif args.cmd == "compare":
+        from distill.student_eval import compare
+
+        compare(
+            [s for s in args.students.split(",") if s],
+            _steps(args.steps),
+            args.count,
+            args.data_root,
+            args.out,
+            args.teacher,
+            args.cfg,
+        )
     elif args.cmd == "demo":
         from distill.demo import demo
 

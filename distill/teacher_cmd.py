@@ -109,14 +109,14 @@ def sample_teacher(
     data_root: str,
 ) -> Path:
     """Grid of generated views next to the truth for the first ``count`` test objects."""
-    from eval.views import sample_all
     from scenes.preview import contact_sheet
+    from students.sampling import sample_views
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
     cond, gt, _ = _eval_objects(data_root, count)
     seeds = [seed + i for i in range(count)]
-    views, nfe = sample_all(model, cond, seeds, steps, sampler, cfg_scale)
+    views, nfe = sample_views(model, cond, steps, seeds, sampler, cfg_scale)
     rows = []
     for o in range(count):
         rows.append((f"obj {o} generated", torch.cat([cond[o : o + 1], views[o]]), None))

@@ -10,8 +10,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from eval.metrics import mean_ci, psnr, ssim
-from samplers.sampling import generate
 from scenes.preview import contact_sheet
+from students.sampling import sample_views
 
 
 def view_metrics(gen: Tensor, gt: Tensor) -> dict[str, Tensor]:
@@ -24,35 +24,6 @@ def view_metrics(gen: Tensor, gt: Tensor) -> dict[str, Tensor]:
         "ssim_unseen": s[:, 1:].mean(1),
         "psnr_all": p.mean(1),
     }
-
-
-def sample_all(
-    model,
-    cond: Tensor,
-    seeds: list[int],
-    steps: int,
-    sampler: str,
-    cfg_scale: float,
-    batch: int = 32,
-    model_kwargs: dict | None = None,
-) -> tuple[Tensor, int]:
-    """Generate views for every object in batches; returns views [N, V, 3, H, W] and the NFE."""
-    outs, nfe = [], 0
-    for i in range(0, cond.shape[0], batch):
-        kw = None
-        if model_kwargs:
-            kw = {k: v[i : i + batch] if torch.is_tensor(v) else v for k, v in model_kwargs.items()}
-        v, nfe = generate(
-            model,
-            cond[i : i + batch],
-            steps,
-            seeds[i : i + batch],
-            sampler,
-            cfg_scale,
-            model_kwargs=kw,
-        )
-        outs.append(v.float().cpu())
-    return torch.cat(outs), nfe
 
 
 def step_quality(
@@ -68,7 +39,9 @@ def step_quality(
     """Rows of mean metrics (with 95% CI) per step count, and the generated views per count."""
     rows, views = [], {}
     for steps in tqdm(steps_list, desc="step counts"):
-        v, nfe = sample_all(model, cond, seeds, steps, sampler, cfg_scale, batch)
+        v, nfe = sample_views(
+            model, cond, seeds=seeds, steps=steps, sampler=sampler, cfg_scale=cfg_scale, batch=batch
+        )
         views[steps] = v
         m = view_metrics(v, gt)
         row = {

@@ -55,7 +55,7 @@ def cfg(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | Non
     def call(x, t, cond, s, kw):
         return model(x, t, cond, **kw) if s is None else model(x, t, cond, s=s, **kw)
 
-    if scale == 1.0:
+    if not torch.is_tensor(scale) and scale == 1.0:
         return call(x, t, cond, s, kw)
     both = call(
         torch.cat([x, x]),
@@ -65,6 +65,8 @@ def cfg(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | Non
         {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kw.items()},
     )
     c, u = both.chunk(2)
+    if torch.is_tensor(scale):  # one scale per sample
+        scale = scale.to(c).reshape(-1, *([1] * (c.ndim - 1)))
     return u + scale * (c - u)
 
 
@@ -166,11 +168,11 @@ def sample_consistency(den, x, ts, cond, generators=None, callback=None):
 
 def sample_shortcut(den, x, ts, cond, generators=None, callback=None):
     """Shortcut-model sampling (Frans et al. 2024): each step is conditioned on its own size
-    d = t - s and moves along the predicted average velocity (a DDIM step on the path)."""
+    d = t - s and moves by d along the predicted average velocity: x_s = x_t - d u(x_t, t, d)."""
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond, t - s)
-        x = ddim_step(den.path, x0, eps, s)
+        x = x + (ts[i + 1] - ts[i]).item() * velocity(den.path, x0, eps, t)
         if callback:
             callback(i, x, x0)
     return x
@@ -217,11 +219,13 @@ def generate(
     cfg_scale: float = 1.0,
     shift: float = 1.0,
     model_kwargs: dict | None = None,
+    decode: bool = True,
 ) -> tuple[Tensor, int]:
     """Sample views for ``cond`` [B, 3, H, W] from per-object seeds with any sampleable model.
 
     The model needs ``path_name``, ``prediction``, ``noise_shape()`` and ``decode()`` (teachers
-    and students have them). Returns the decoded views [B, V, 3, H, W] and the NFE per sample.
+    and students have them). Returns the decoded views [B, V, 3, H, W] (or, with
+    ``decode=False``, the samples in model space) and the NFE per sample.
     """
     from samplers.paths import get_path
 
@@ -232,4 +236,4 @@ def generate(
     gens = generators_for(seeds)
     x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
     x = get_sampler(sampler)(den, x, time_grid(steps, shift), cond.to(p.device, p.dtype), gens)
-    return model.decode(x), den.nfe
+    return (model.decode(x) if decode else x), den.nfe

@@ -12,3 +12,33 @@ def tiny_world():
     from scenes.world import WorldConfig
 
     return WorldConfig(image_size=16, gaussians=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A randomly initialised lab teacher at 16px, saved like the shipped one."""
+    from teachers.lab import LabTeacher, LabTeacherConfig
+
+    torch.manual_seed(0)
+    cfg = LabTeacherConfig(image_size=16, channels=[16, 32], attention=[False, True],
+                           norm_groups=8, head_dim=8)
+    t = LabTeacher(cfg)
+    # small random weights everywhere (diffusers zero-inits some output layers)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    folder = tmp_path_factory.mktemp("teacher") / "teacher"
+    t.save(folder, dtype=torch.float32)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory):
+    from scenes.data import make_split
+    from scenes.world import WorldConfig
+
+    root = tmp_path_factory.mktemp("data")
+    w = WorldConfig(image_size=16, gaussians=64)
+    make_split(root, "train", 12, w)
+    make_split(root, "test", 6, w)
+    return root

@@ -91,8 +91,13 @@ def test_chamfer_and_baseline():
 
 
 def _cli(*args):
-    r = subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True,
-                       text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "distill.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -101,8 +106,18 @@ def test_recon_train_eval_run_cli(tmp_path):
     cfg = str(ROOT / "configs" / "recon" / "tiny.yaml")
     _cli("recon", "train", cfg, f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'd'}")
     rdir = tmp_path / "run" / "recon"
-    _cli("recon", "eval", "--recon", str(rdir), "--count", "3", "--out", str(tmp_path / "ev"),
-         "--data-root", str(tmp_path / "d"))
+    _cli(
+        "recon",
+        "eval",
+        "--recon",
+        str(rdir),
+        "--count",
+        "3",
+        "--out",
+        str(tmp_path / "ev"),
+        "--data-root",
+        str(tmp_path / "d"),
+    )
     res = json.loads((tmp_path / "ev" / "recon_eval.json").read_text())
     for k in ("psnr", "ssim", "chamfer", "recon_ms", "render_ms"):
         assert isinstance(res[k], float) and res[k] > 0
@@ -112,13 +127,36 @@ def test_recon_train_eval_run_cli(tmp_path):
     grid = s["targets"][0].reshape(2, 2, 3, 16, 16).permute(2, 0, 3, 1, 4).reshape(3, 32, 32)
     arr = ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     Image.fromarray(arr).save(tmp_path / "grid.png")
-    _cli("recon", "run", "--recon", str(rdir), "--views", str(tmp_path / "grid.png"), "--out",
-         str(tmp_path / "o.ply"), "--renders", str(tmp_path / "sheet.png"))
+    _cli(
+        "recon",
+        "run",
+        "--recon",
+        str(rdir),
+        "--views",
+        str(tmp_path / "grid.png"),
+        "--out",
+        str(tmp_path / "o.ply"),
+        "--renders",
+        str(tmp_path / "sheet.png"),
+    )
     assert load_ply(tmp_path / "o.ply").count == 4 * 16 * 16
     assert (tmp_path / "sheet.png").exists()
     # a grid of the wrong size is a clear error
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "bad.png")
-    r = subprocess.run([sys.executable, "-m", "distill.cli", "recon", "run", "--recon", str(rdir),
-                        "--views", str(tmp_path / "bad.png")], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "recon",
+            "run",
+            "--recon",
+            str(rdir),
+            "--views",
+            str(tmp_path / "bad.png"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "must be 32x32 pixels, got 40x40" in r.stderr

@@ -24,8 +24,8 @@ class Targets:
     w: Tensor | None = None  # guidance-scale input for guidance-conditioned students
     groups: dict[str, Tensor] | None = None  # term name -> bool mask [B] (logged separately)
     loss: str = "l2"  # l2 | pseudo_huber
-    huber_c: float = 0.0  # pseudo-Huber constant (per-element scale)
-    space: str = "raw"  # raw: the student's prediction; x0: its x0 estimate
+    huber_c: float = 0.0  # pseudo-Huber constant c (absolute, on the whole sample vector)
+    space: str = "raw"  # raw: the student's own parametrization; velocity: converted to dx/dt
 
 
 def sample_t(n: int, gen: torch.Generator, kind: str, lo: float = 0.0, hi: float = 1.0) -> Tensor:
@@ -69,8 +69,9 @@ def diffusion_targets(
 
 
 def pseudo_huber(diff: Tensor, c: float) -> Tensor:
-    """sqrt(d^2 + c^2) - c per element (Song & Dhariwal 2023)."""
-    return torch.sqrt(diff * diff + c * c) - c
+    """sqrt(||d||^2 + c^2) - c per sample (Song & Dhariwal 2023), normalised by the dimension."""
+    sq = (diff * diff).flatten(1).sum(1)
+    return (torch.sqrt(sq + c * c) - c) / diff[0].numel() ** 0.5
 
 
 def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
@@ -79,7 +80,7 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
     if tg.loss == "l2":
         per = (diff * diff).flatten(1).mean(1)
     elif tg.loss == "pseudo_huber":
-        per = pseudo_huber(diff, tg.huber_c).flatten(1).mean(1)
+        per = pseudo_huber(diff, tg.huber_c)
     else:
         raise ValueError(f"unknown loss {tg.loss!r}; valid: l2, pseudo_huber")
     terms = {"loss": per.mean()}
@@ -87,3 +88,78 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
         if mask.any():
             terms[name] = per[mask].mean().detach()
     return terms
+
+
+@dataclass
+class Context:
+    """What a method may use besides the student: the frozen teacher and the data."""
+
+    teacher: torch.nn.Module  # frozen, eval mode
+    path: Path  # the teacher's path
+    prediction: str  # the teacher's parametrization
+    teacher_cfg: float  # guidance scale of teacher evaluations (distilled into the student)
+    data: object  # scenes.data.WorldDataset (train split)
+    run_dir: object  # pathlib.Path of the run
+    batch_size: int
+    total_steps: int  # optimizer updates of the whole run
+
+
+class Method:
+    """Base of the methods: batch in, targets out. Subclasses set ``name``, ``Config`` and
+    ``sampler`` and implement :meth:`targets`; the rest are hooks with no-op defaults."""
+
+    name = ""
+    sampler = "euler"  # how its students are sampled
+    Config: type = object
+
+    def __init__(self, cfg, ctx: Context):
+        self.cfg, self.ctx = cfg, ctx
+
+    def student_setup(self, student_cfg) -> tuple[object, str | None, str | None]:
+        """Adjust the StudentConfig; return it with the student's (path, prediction) or Nones
+        to keep the teacher's."""
+        return student_cfg, None, None
+
+    def prepare(self, student) -> None:
+        """Work before training (e.g. caching couplings); must be resumable."""
+
+    def batch(self, gen: torch.Generator) -> dict[str, Tensor]:
+        """A training batch of the world's train split, drawn with ``gen``."""
+        n = len(self.ctx.data)
+        return self.ctx.data.batch(torch.randint(n, (self.ctx.batch_size,), generator=gen))
+
+    def targets(self, student, gen: torch.Generator) -> Targets:
+        raise NotImplementedError
+
+    def on_step(self, step: int, student) -> None:
+        """After each optimizer update (EMA targets, round switches)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, sd: dict) -> None:
+        pass
+
+    def steps(self) -> list[int]:
+        """Step counts the finished student supports."""
+        return list(self.cfg.steps)
+
+    def stages(self) -> dict[int, dict[str, Tensor]]:
+        """Extra weights per step count (progressive rounds); empty for most methods."""
+        return {}
+
+    def guidance_scale(self) -> float:
+        """The w fed to guidance-conditioned students at sampling (1.0 otherwise)."""
+        return 1.0
+
+    @torch.no_grad()
+    def teacher_x0_eps(
+        self, x: Tensor, t: Tensor, cond: Tensor, scale: float | Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The (guided) teacher's (x0, eps) at (x, t)."""
+        from samplers.paths import to_x0_eps
+        from samplers.sampling import cfg
+
+        s = self.ctx.teacher_cfg if scale is None else scale
+        raw = cfg(self.ctx.teacher, x, t, cond, s)
+        return to_x0_eps(self.ctx.path, raw, x, t, self.ctx.prediction)

@@ -1,0 +1,78 @@
+"""consistency: latent-consistency-style distillation (Song et al. 2023; Luo et al. 2023).
+
+On a fixed grid of N steps the guided teacher takes one DDIM step from t_n to t_{n-1}
+(a skipping interval of 1/N); the student's consistency function at (x_{t_n}, t_n) regresses
+an EMA target network's output at (x_hat_{t_{n-1}}, t_{n-1}). The guidance scale w is drawn
+from a range, used by the teacher and fed to the student, so the student needs no CFG pass.
+The boundary condition (c_skip(0) = 1, c_out(0) = 0) lives in the student wrapper.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from distill.methods.base import Method, Targets
+from samplers.paths import ddim_step, interpolate
+
+
+@dataclass
+class ConsistencyConfig:
+    grid: int = 32  # N: teacher ODE steps span 1/N of the time axis
+    ema_target: float = 0.95  # decay of the target network (LCM uses 0.95)
+    loss: str = "pseudo_huber"  # pseudo_huber | l2
+    huber_c: float = 0.00054  # pseudo-Huber c per sqrt(dimension) (Song & Dhariwal 2023)
+    w_min: float = 1.0  # guidance scales drawn uniformly from [w_min, w_max]
+    w_max: float = 3.0
+    sample_w: float = 2.0  # w fed to the student at sampling
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+
+class Consistency(Method):
+    name = "consistency"
+    sampler = "consistency"
+    Config = ConsistencyConfig
+
+    def student_setup(self, student_cfg):
+        student_cfg.boundary = True
+        student_cfg.guidance_input = True
+        return student_cfg, None, "x0"
+
+    def prepare(self, student) -> None:
+        if getattr(self, "target_net", None) is None:
+            self.target_net = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def targets(self, student, gen) -> Targets:
+        b = self.batch(gen)
+        x0, cond = b["targets"], b["cond"]
+        bs, N = x0.shape[0], self.cfg.grid
+        n = torch.randint(1, N + 1, (bs,), generator=gen).float()
+        t, t_prev = n / N, (n - 1) / N
+        w = self.cfg.w_min + (self.cfg.w_max - self.cfg.w_min) * torch.rand(bs, generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        x_t = interpolate(self.ctx.path, x0, eps, t)
+        with torch.no_grad():
+            tx0, teps = self.teacher_x0_eps(x_t, t, cond, scale=w)
+            x_prev = ddim_step(self.ctx.path, tx0, teps, t_prev)
+            target = self.target_net(x_prev, t_prev, cond, w=w)
+        c = self.cfg.huber_c * x0[0].numel() ** 0.5
+        return Targets(x_t=x_t, t=t, cond=cond, target=target, w=w, loss=self.cfg.loss, huber_c=c)
+
+    @torch.no_grad()
+    def on_step(self, step: int, student) -> None:
+        mu = self.cfg.ema_target
+        tgt = dict(self.target_net.named_parameters())
+        for name, p in student.named_parameters():
+            if p.requires_grad:
+                tgt[name].lerp_(p.detach(), 1 - mu)
+
+    def state_dict(self) -> dict:
+        return {"target": {k: v for k, v in self.target_net.state_dict().items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.target_net.load_state_dict(sd["target"])
+
+    def guidance_scale(self) -> float:
+        return self.cfg.sample_w

@@ -1,0 +1,121 @@
+"""progressive: progressive distillation (Salimans & Ho 2022), guided as in Meng et al. 2023.
+
+Round k trains the student to take in one DDIM step what its teacher takes in two; the first
+round's teacher is the (guided) lab teacher at ``start_steps``, each later round's teacher is
+the previous round's student, and the step count halves every round down to ``final_steps``.
+Each round's weights are kept, so the student folder holds one set per step count.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distill.methods.base import Method, Targets
+from samplers.paths import Path, ddim_step, from_x0_eps, interpolate, to_x0_eps
+
+
+@dataclass
+class ProgressiveConfig:
+    start_steps: int = 16  # the teacher's step count; round 1 trains a start_steps/2 student
+    final_steps: int = 1  # the last round's step count
+    loss: str = "l2"  # l2 on the student's parametrization
+
+
+def two_step_target(path: Path, x_t: Tensor, t: Tensor, x_end: Tensor, t_end: Tensor):
+    """(x0, eps) whose single DDIM step from (x_t, t) lands exactly on x_end at t_end."""
+    b = (-1,) + (1,) * (x_t.ndim - 1)
+    a_t, s_t = path.alpha(t).reshape(b), path.sigma(t).reshape(b)
+    a_e, s_e = path.alpha(t_end).reshape(b), path.sigma(t_end).reshape(b)
+    det = a_t * s_e - s_t * a_e
+    return (s_e * x_t - s_t * x_end) / det, (a_t * x_end - a_e * x_t) / det
+
+
+class Progressive(Method):
+    name = "progressive"
+    sampler = "ddim"
+    Config = ProgressiveConfig
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        s = cfg.start_steps
+        self.round_steps = []  # student step count of each round
+        while s > cfg.final_steps:
+            s //= 2
+            self.round_steps.append(s)
+        if not self.round_steps or self.round_steps[-1] != cfg.final_steps:
+            raise ValueError(
+                f"method.start_steps={cfg.start_steps} does not halve down to "
+                f"method.final_steps={cfg.final_steps}"
+            )
+        self.per_round = max(1, ctx.total_steps // len(self.round_steps))
+        self.round = 0
+        self.round_teacher = None  # None = the lab teacher (guided)
+        self.saved: dict[int, dict[str, Tensor]] = {}
+
+    def current_steps(self) -> int:
+        return self.round_steps[self.round]
+
+    def _teacher_step(self, x, t, s, cond):
+        if self.round_teacher is None:
+            x0, eps = self.teacher_x0_eps(x, t, cond)
+        else:
+            with torch.no_grad():
+                out = self.round_teacher(x, t, cond)
+            x0, eps = to_x0_eps(self.ctx.path, out, x, t, self.round_teacher.prediction)
+        return ddim_step(self.ctx.path, x0, eps, s)
+
+    def targets(self, student, gen) -> Targets:
+        if getattr(self, "_pending_teacher", None) is not None:  # resumed mid-way
+            rt = copy.deepcopy(student)
+            rt.load_trainable_state(self._pending_teacher)
+            self.round_teacher = rt.eval().requires_grad_(False)
+            self._pending_teacher = None
+        b = self.batch(gen)
+        x0, cond = b["targets"], b["cond"]
+        n = self.current_steps()
+        bs = x0.shape[0]
+        i = torch.randint(1, n + 1, (bs,), generator=gen).float()
+        t, t_mid, t_end = i / n, (i - 0.5) / n, (i - 1) / n
+        eps = torch.randn(x0.shape, generator=gen)
+        path = self.ctx.path
+        x_t = interpolate(path, x0, eps, t)
+        with torch.no_grad():
+            x_mid = self._teacher_step(x_t, t, t_mid, cond)
+            x_end = self._teacher_step(x_mid, t_mid, t_end, cond)
+        x0_tg, eps_tg = two_step_target(path, x_t, t, x_end, t_end)
+        target = from_x0_eps(path, x0_tg, eps_tg, t, student.prediction)
+        return Targets(x_t=x_t, t=t, cond=cond, target=target, loss=self.cfg.loss)
+
+    def on_step(self, step: int, student) -> None:
+        if step % self.per_round == 0 and self.round < len(self.round_steps):
+            n = self.current_steps()
+            self.saved[n] = {k: v.detach().clone() for k, v in student.trainable_state().items()}
+            if self.round + 1 < len(self.round_steps):
+                self.round += 1
+                self._set_round_teacher(student)
+                print(
+                    f"progressive: round {self.round + 1}: {n} -> {self.current_steps()} steps",
+                    flush=True,
+                )
+
+    def _set_round_teacher(self, student) -> None:
+        self.round_teacher = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "saved": self.saved}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.round = sd["round"]
+        self.saved = sd["saved"]
+        if self.round > 0:  # the round teacher is the previous round's student
+            self._pending_teacher = self.saved[self.round_steps[self.round - 1]]
+
+    def steps(self) -> list[int]:
+        return sorted(self.round_steps)
+
+    def stages(self) -> dict[int, dict[str, Tensor]]:
+        return {n: sd for n, sd in self.saved.items() if n != self.cfg.final_steps}

@@ -1,0 +1,100 @@
+"""shortcut: step-size-conditioned students (Frans et al. 2024), distillation variant.
+
+The student u(x_t, t, d) predicts the average velocity over a step of size d. At the smallest
+step (d = 0) the target is the guided teacher's velocity (``from_scratch`` uses the data's
+velocity instead); for a fraction of the batch, a step of size d in {2/M, 4/M, ..., 1} regresses
+the average of two half steps of the EMA student. Sampling with N steps uses d = 1/N.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from distill.methods.base import Method, Targets, sample_t
+from samplers.paths import convert, from_x0_eps, interpolate
+
+
+@dataclass
+class ShortcutConfig:
+    max_steps: int = 128  # M: the smallest step is 1/M (a power of two)
+    bootstrap_fraction: float = 0.25  # share of the batch with self-consistency targets
+    from_scratch: bool = False  # flow targets from the data instead of the teacher
+    ema_decay: float = 0.999  # EMA student that makes the bootstrap targets
+    t_sampling: str = "uniform"  # times of the flow (d = 0) part
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+
+
+class Shortcut(Method):
+    name = "shortcut"
+    sampler = "shortcut"
+    Config = ShortcutConfig
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        if cfg.max_steps < 2 or cfg.max_steps & (cfg.max_steps - 1):
+            raise ValueError(f"method.max_steps must be a power of two >= 2, got {cfg.max_steps}")
+
+    def student_setup(self, student_cfg):
+        student_cfg.second_time = True
+        return student_cfg, None, None
+
+    def prepare(self, student) -> None:
+        if getattr(self, "ema", None) is None:
+            self.ema = copy.deepcopy(student).eval().requires_grad_(False)
+
+    def _velocity(self, model, x, t, cond, d):
+        out = model(x, t, cond, s=d)
+        return convert(self.ctx.path, out, x, t, model.prediction, "velocity")
+
+    def targets(self, student, gen) -> Targets:
+        b = self.batch(gen)
+        x0, cond = b["targets"], b["cond"]
+        bs = x0.shape[0]
+        nb = int(round(bs * self.cfg.bootstrap_fraction))
+        nf = bs - nb
+        path, M = self.ctx.path, self.cfg.max_steps
+        eps = torch.randn(x0.shape, generator=gen)
+        # 1. bootstrap part: d = 2^j / M, t on the d-grid, two half steps of the EMA student
+        j = torch.randint(1, int(math.log2(M)) + 1, (nb,), generator=gen)
+        d = (2.0**j) / M
+        k = torch.floor(torch.rand(nb, generator=gen) * (1.0 / d)) + 1  # t = k d in (0, 1]
+        t_b = (k * d).clamp(max=1.0)
+        # 2. flow part: d = 0, any t
+        t_f = sample_t(nf, gen, self.cfg.t_sampling, lo=1e-3, hi=1.0)
+        t = torch.cat([t_b, t_f])
+        s = torch.cat([d, torch.zeros(nf)])
+        x_t = interpolate(path, x0, eps, t)
+        with torch.no_grad():
+            target = torch.empty_like(x0)
+            if nb:
+                xb, cb, half = x_t[:nb], cond[:nb], d / 2
+                v1 = self._velocity(self.ema, xb, t_b, cb, half)
+                x_mid = xb - half.reshape(-1, 1, 1, 1, 1) * v1
+                v2 = self._velocity(self.ema, x_mid, t_b - half, cb, half)
+                target[:nb] = 0.5 * (v1 + v2)
+            if nf:
+                xf, cf = x_t[nb:], cond[nb:]
+                if self.cfg.from_scratch:
+                    target[nb:] = from_x0_eps(path, x0[nb:], eps[nb:], t_f, "velocity")
+                else:
+                    tx0, teps = self.teacher_x0_eps(xf, t_f, cf)
+                    target[nb:] = from_x0_eps(path, tx0, teps, t_f, "velocity")
+        groups = {"bootstrap": torch.arange(bs) < nb, "flow": torch.arange(bs) >= nb}
+        return Targets(x_t=x_t, t=t, cond=cond, target=target, s=s, groups=groups, space="velocity")
+
+    @torch.no_grad()
+    def on_step(self, step: int, student) -> None:
+        ema = dict(self.ema.named_parameters())
+        for name, p in student.named_parameters():
+            if p.requires_grad:
+                ema[name].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+
+    def state_dict(self) -> dict:
+        return {"ema": {k: v for k, v in self.ema.state_dict().items()}}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.ema.load_state_dict(sd["ema"])

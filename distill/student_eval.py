@@ -1,0 +1,114 @@
+"""Measured metrics for student folders, and the `distill compare` / `distill sample` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from eval.compare import compare_rows, compare_table, teacher_reference
+from scenes.data import open_split
+from scenes.world import WorldConfig
+from students.sampling import sample_views
+from students.student import load_student
+from teachers.io import load_teacher
+
+REFERENCE_STEPS = 50
+
+
+def eval_objects(data_root: str, count: int, world: WorldConfig | None = None):
+    """The first ``count`` test objects: conditions, true target views and noise seeds."""
+    ds = open_split(data_root, "test", count, world or WorldConfig())
+    b = ds.batch(list(range(count)))
+    return b["cond"], b["targets"], [int(s) for s in b["seeds"]]
+
+
+def record_metrics(
+    folder: str | Path, count: int, data_root: str, teacher_cfg: float = 1.0, max_steps: int = 8
+) -> dict:
+    """Measure a student at its step counts (up to ``max_steps``) on ``count`` test objects and
+    write the figures into its student.json."""
+    folder = Path(folder)
+    student = load_student(folder)
+    teacher = student.student.net  # same weights as the teacher it was made from
+    card_path = folder / "student.json"
+    card = json.loads(card_path.read_text())
+    world = (
+        WorldConfig(**card["train_config"]["world"])
+        if "world" in card["train_config"]
+        else WorldConfig(image_size=student.info.image_size)
+    )
+    cond, gt, seeds = eval_objects(data_root, count, world)
+    ref = teacher_reference(
+        load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, cfg_scale=teacher_cfg
+    )
+    del teacher
+    steps = [s for s in card["steps"] if s <= max_steps]
+    rows = compare_rows({"student": student}, cond, gt, seeds, steps, ref)
+    card["metrics"] = {
+        "eval_objects": count,
+        "split": "test",
+        "reference": f"teacher, {REFERENCE_STEPS} steps",
+        "by_steps": {
+            str(r["steps"]): {
+                k: round(v, 4) if isinstance(v, float) else v
+                for k, v in r.items()
+                if k not in ("model", "method")
+            }
+            for r in rows
+        },
+    }
+    card_path.write_text(json.dumps(card, indent=2))
+    return card["metrics"]
+
+
+def compare(
+    students: list[str],
+    steps_list: list[int],
+    count: int,
+    data_root: str,
+    out: str,
+    teacher_dir: str = "shipped/teacher",
+    teacher_cfg: float = 1.0,
+    sampler: str = "euler",
+) -> list[dict]:
+    """Evidence table: each student vs the teacher at the same steps and the teacher at 50."""
+    teacher = load_teacher(teacher_dir)
+    cond, gt, seeds = eval_objects(data_root, count)
+    ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_cfg)
+    models = {"teacher": teacher}
+    for s in students:
+        models[Path(s).name] = load_student(s, teacher=teacher)
+    rows = compare_rows(models, cond, gt, seeds, steps_list, ref, sampler, teacher_cfg)
+    table = compare_table(rows)
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    (outp / "compare.json").write_text(json.dumps({"objects": count, "rows": rows}, indent=2))
+    (outp / "compare.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {outp / 'compare.json'}")
+    return rows
+
+
+def sample_student(
+    folder: str,
+    steps: int,
+    seed: int,
+    count: int,
+    out: str,
+    data_root: str,
+    teacher_dir: str | None = None,
+) -> Path:
+    from scenes.preview import contact_sheet
+
+    st = load_student(folder, teacher_dir=teacher_dir)
+    cond, gt, _ = eval_objects(data_root, count)
+    views, nfe = sample_views(st, cond, steps, [seed + i for i in range(count)])
+    rows = []
+    for o in range(count):
+        rows.append((f"obj {o} {st.card.method}", torch.cat([cond[o : o + 1], views[o]]), None))
+        rows.append(("truth", torch.cat([cond[o : o + 1], gt[o]]), None))
+    path = contact_sheet(rows, out, title=f"{st.card.method} student, {steps} steps, NFE {nfe}")
+    print(f"wrote {path}")
+    return path

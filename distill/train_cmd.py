@@ -1,0 +1,135 @@
+"""`distill train --method NAME`: distill the teacher into a student with one of the methods."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, make_dataclass
+from pathlib import Path
+
+import torch
+
+from distill.config import DataSpec, load_config, save_config, to_dict
+from distill.loop import TrainConfig, train
+from distill.methods import get_method
+from distill.methods.base import Context, regression_loss
+from samplers.paths import convert, get_path
+from scenes.data import open_split
+from scenes.world import WorldConfig
+from students.student import Student, StudentCard, StudentConfig, save_student
+from teachers.io import load_teacher
+
+
+@dataclass
+class DistillCommon:
+    run_dir: str = ""  # default runs/students/<method>
+    out: str = ""  # student folder; default <run_dir>/student
+    teacher: str = "shipped/teacher"  # teacher folder
+    teacher_cfg: float = 1.0  # CFG scale of teacher evaluations (distilled into the student)
+    data: DataSpec = field(default_factory=DataSpec)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_count: int = 16  # test objects for the metrics recorded in student.json (0 = none)
+
+
+def schema(method_cls) -> type:
+    """DistillCommon plus this method's own config under ``method``."""
+    return make_dataclass(
+        f"{method_cls.__name__}DistillConfig",
+        [("method", method_cls.Config, field(default_factory=method_cls.Config))],
+        bases=(DistillCommon,),
+    )
+
+
+def train_student(method: str, args: list[str], teacher_dir: str | None = None) -> Path:
+    mcls = get_method(method)
+    cfg = load_config(schema(mcls), args)
+    if teacher_dir:
+        cfg.teacher = teacher_dir
+    run_dir = Path(cfg.run_dir or f"runs/students/{method}")
+    teacher = load_teacher(cfg.teacher).requires_grad_(False)
+    if cfg.world.image_size != teacher.info.image_size:
+        raise ValueError(
+            f"world.image_size={cfg.world.image_size} but the teacher makes "
+            f"{teacher.info.image_size}px views"
+        )
+    save_config(cfg, run_dir)
+    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    ctx = Context(
+        teacher=teacher,
+        path=get_path(teacher.path_name),
+        prediction=teacher.prediction,
+        teacher_cfg=cfg.teacher_cfg,
+        data=ds,
+        run_dir=run_dir,
+        batch_size=cfg.train.batch_size,
+        total_steps=cfg.train.steps,
+    )
+    m = mcls(cfg.method, ctx)
+    scfg, spath, spred = m.student_setup(StudentConfig(**asdict(cfg.student)))
+    torch.manual_seed(cfg.train.seed)
+    student = Student(teacher, scfg, path=spath, prediction=spred)
+    m.prepare(student)
+    s_path = get_path(student.path_name)
+
+    def step_fn(model, step, gen):
+        tg = m.targets(model, gen)
+        kw = {}
+        if tg.s is not None:
+            kw["s"] = tg.s
+        if tg.w is not None:
+            kw["w"] = tg.w
+        out = model(tg.x_t, tg.t, tg.cond, **kw)
+        if tg.space == "velocity":
+            out = convert(s_path, out, tg.x_t, tg.t, model.prediction, "velocity")
+        return regression_loss(out, tg)
+
+    t0 = time.perf_counter()
+    student, ema, summary = train(
+        run_dir,
+        cfg.train,
+        student,
+        step_fn,
+        extra_state={"method": m},
+        desc=method,
+        on_step=m.on_step,
+    )
+    if ema is not None:
+        ema.copy_to(student)
+    seconds = _total_seconds(run_dir) or time.perf_counter() - t0
+    card = StudentCard(
+        method=method,
+        teacher_dir=cfg.teacher,
+        teacher_weights=student.teacher_weights,
+        teacher_kind=teacher.info.kind,
+        path=student.path_name,
+        prediction=student.prediction,
+        sampler=m.sampler,
+        steps=m.steps(),
+        guidance_scale=m.guidance_scale(),
+        train_config=to_dict(cfg),
+    )
+    card.train_config["train_seconds"] = round(seconds, 1)
+    out = Path(cfg.out or run_dir / "student")
+    save_student(student, out, card, stages=m.stages())
+    if cfg.eval_count > 0:
+        from distill.student_eval import record_metrics
+
+        record_metrics(out, cfg.eval_count, cfg.data.root, teacher_cfg=cfg.teacher_cfg)
+    print(f"student saved to {out} ({method}, steps {card.steps}, {seconds / 60:.1f} min)")
+    return out
+
+
+def _total_seconds(run_dir: Path) -> float | None:
+    """Training wall time over all (resumed) runs, from the loss log's last elapsed_s of each."""
+    log = run_dir / "losses.csv"
+    if not log.exists():
+        return None
+    rows = log.read_text().strip().splitlines()[1:]
+    total, prev = 0.0, 0.0
+    for r in rows:
+        e = float(r.split(",")[2])
+        if e < prev:
+            total += prev
+        prev = e
+    return total + prev

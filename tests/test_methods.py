@@ -1,0 +1,199 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.methods import METHODS, get_method
+from distill.methods.base import Context
+from distill.methods.progressive import two_step_target
+from distill.methods.reflow import make_couplings
+from samplers.paths import ddim_step, get_path, interpolate, to_x0_eps, velocity
+from samplers.sampling import generate
+from scenes.data import WorldDataset
+from students.student import Student, StudentCard, StudentConfig, load_student, save_student
+from teachers.io import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, 4, 3, 16, 16, generator=g), torch.rand(b, generator=g) * 0.9 + 0.05,
+            torch.rand(b, 3, 16, 16, generator=g) * 2 - 1)
+
+
+def _ctx(teacher, data_root, batch=4, steps=10):
+    return Context(teacher=teacher, path=get_path(teacher.path_name),
+                   prediction=teacher.prediction, teacher_cfg=1.0,
+                   data=WorldDataset(data_root, "train"), run_dir=data_root / "run",
+                   batch_size=batch, total_steps=steps)
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_untrained_student_equals_teacher(tiny_teacher_dir, lora):
+    t = load_teacher(tiny_teacher_dir)
+    s = Student(t, StudentConfig(lora_rank=lora, second_time=True, guidance_input=True))
+    x, tt, c = _inputs()
+    with torch.no_grad():
+        a = t(x, tt, c)
+        b = s(x, tt, c, s=torch.rand(2), w=torch.rand(2) * 3)
+    assert torch.equal(a, b)
+    trainable = [n for n, p in s.named_parameters() if p.requires_grad]
+    if lora:
+        assert all("lora" in n or "embed" in n for n in trainable)
+
+
+def test_consistency_boundary(tiny_teacher_dir):
+    t = load_teacher(tiny_teacher_dir)
+    s = Student(t, StudentConfig(boundary=True))
+    c_skip, c_out = s.c_skip_out(torch.tensor([0.0, 0.5]))
+    assert c_skip[0] == 1 and c_out[0] == 0 and c_out[1] > 0.99
+    x, _, c = _inputs()
+    with torch.no_grad():
+        assert torch.equal(s(x, torch.zeros(2), c), x)
+    assert s.prediction == "x0"
+
+
+def test_shortcut_smallest_step_target_is_teacher_velocity(tiny_teacher_dir, tiny_data_root):
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("shortcut")
+    m = cls(cls.Config(bootstrap_fraction=0.0), _ctx(t, tiny_data_root))
+    student = Student(t, StudentConfig(second_time=True))
+    m.prepare(student)
+    tg = m.targets(student, torch.Generator().manual_seed(3))
+    assert torch.all(tg.s == 0) and tg.space == "velocity"
+    with torch.no_grad():
+        x0, eps = to_x0_eps(get_path("linear"), t(tg.x_t, tg.t, tg.cond), tg.x_t, tg.t, "velocity")
+    assert torch.allclose(tg.target, velocity(get_path("linear"), x0, eps, tg.t), atol=1e-6)
+
+
+def test_shortcut_bootstrap_of_constant_velocity_is_that_velocity(tiny_teacher_dir, tiny_data_root):
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("shortcut")
+    m = cls(cls.Config(bootstrap_fraction=1.0), _ctx(t, tiny_data_root))
+    v = torch.randn(4, 3, 16, 16)
+
+    class Constant(torch.nn.Module):
+        prediction = "velocity"
+
+        def forward(self, x, t, cond, s=None):
+            return v.expand_as(x)
+
+    m.ema = Constant()
+    tg = m.targets(None, torch.Generator().manual_seed(4))
+    assert torch.all(tg.s >= 2 / m.cfg.max_steps) and torch.all(tg.t - tg.s >= -1e-6)
+    assert torch.allclose(tg.target, v.expand_as(tg.target), atol=1e-6)
+
+
+def test_progressive_target_makes_one_step_equal_two_teacher_steps(tiny_teacher_dir,
+                                                                  tiny_data_root):
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("progressive")
+    m = cls(cls.Config(start_steps=8), _ctx(t, tiny_data_root))
+    assert m.round_steps == [4, 2, 1]
+    student = Student(t, StudentConfig())
+    tg = m.targets(student, torch.Generator().manual_seed(5))
+    path, n = get_path("linear"), 4
+    # a perfect student predicts the target; its DDIM step to t - 1/N ...
+    x0, eps = to_x0_eps(path, tg.target, tg.x_t, tg.t, student.prediction)
+    one = ddim_step(path, x0, eps, tg.t - 1 / n)
+    # ... equals two DDIM steps of the teacher from the same point
+    with torch.no_grad():
+        a0, ae = to_x0_eps(path, t(tg.x_t, tg.t, tg.cond), tg.x_t, tg.t, "velocity")
+        mid = ddim_step(path, a0, ae, tg.t - 0.5 / n)
+        b0, be = to_x0_eps(path, t(mid, tg.t - 0.5 / n, tg.cond), mid, tg.t - 0.5 / n, "velocity")
+        two = ddim_step(path, b0, be, tg.t - 1 / n)
+    assert torch.allclose(one, two, atol=1e-4)
+    # and the closed form is exact on both paths, including the last step to t = 0
+    for name in ("linear", "cosine"):
+        p = get_path(name)
+        x, y = torch.randn(3, 5), torch.randn(3, 5)
+        tt, te = torch.tensor([0.9, 0.5, 0.25]), torch.tensor([0.7, 0.25, 0.0])
+        a, e = two_step_target(p, x, tt, y, te)
+        assert torch.allclose(interpolate(p, a, e, tt), x, atol=1e-5)
+        assert torch.allclose(ddim_step(p, a, e, te), y, atol=1e-5)
+
+
+def test_reflow_couplings_reproducible(tiny_teacher_dir, tiny_data_root, tmp_path):
+    t = load_teacher(tiny_teacher_dir)
+    ds = WorldDataset(tiny_data_root, "train")
+    a = make_couplings(t, ds, tmp_path / "a", 5, 2, 3, 100, 1.0, progress=False)
+    b = make_couplings(t, ds, tmp_path / "b", 5, 2, 3, 100, 1.0, progress=False)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # coupling i is the teacher's sample from noise seed (seed + i)
+    x1, _ = generate(t, ds.batch([4])["cond"], 2, [104], "euler", decode=False)
+    assert torch.allclose(a["x1"][4], x1[0], atol=1e-4)  # batch size changes float sums only
+    # a finished shard is reused, not recomputed
+    first = sorted((tmp_path / "a").glob("*.safetensors"))[0]
+    mtime = first.stat().st_mtime_ns
+    make_couplings(t, ds, tmp_path / "a", 5, 2, 3, 100, 1.0, progress=False)
+    assert first.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_path, lora):
+    t = load_teacher(tiny_teacher_dir)
+    s = Student(t, StudentConfig(lora_rank=lora, second_time=True))
+    with torch.no_grad():
+        for p in s.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    card = StudentCard(method="shortcut", teacher_dir=str(tiny_teacher_dir),
+                       teacher_weights=s.teacher_weights, teacher_kind="lab", path="linear",
+                       prediction="velocity", sampler="shortcut", steps=[1, 2])
+    save_student(s, tmp_path / "st", card, dtype=torch.float32)
+    back = load_student(tmp_path / "st")
+    sa, sb = s.trainable_state(), back.student.trainable_state()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x, tt, c = _inputs()
+    d = torch.full((2,), 0.5)
+    with torch.no_grad():
+        assert torch.equal(s(x, tt, c, s=d), back(x, tt, c, s=d))
+    with pytest.raises(ValueError, match="does not support 3 steps; supported: \\[1, 2\\]"):
+        back.use_steps(3)
+    other = load_teacher(tiny_teacher_dir)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    other.weights_id = "0123456789abcdef"
+    with pytest.raises(ValueError, match="was made from teacher weights"):
+        load_student(tmp_path / "st", teacher=other)
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid methods: " + ", ".join(METHODS)):
+        get_method("dmd2")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
+    extra = {
+        "progressive": ["method.start_steps=4"],
+        "reflow": ["method.couplings=4", "method.coupling_steps=2", "method.coupling_batch=2",
+                   "method.distill_steps=1"],
+        "shortcut": ["method.max_steps=8"],
+        "consistency": ["method.grid=4"],
+        "finetune": [],
+    }[method]
+    args = [sys.executable, "-m", "distill.cli", "train", "--method", method, "--teacher",
+            str(tiny_teacher_dir), f"run_dir={tmp_path / 'run'}", f"data.root={tiny_data_root}",
+            "data.train_count=12", "world.image_size=16", "world.gaussians=64",
+            "train.steps=2", "train.batch_size=2", "train.warmup=1", "train.log_every=1",
+            "eval_count=2", *extra]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    folder = tmp_path / "run" / "student"
+    st = load_student(folder)
+    assert st.card.method == method and st.card.metrics["by_steps"]
+    log = (tmp_path / "run" / "losses.csv").read_text()
+    assert log.startswith("step,lr,elapsed_s,loss")
+    if method == "shortcut":
+        assert "bootstrap" in log.splitlines()[0] or "flow" in log.splitlines()[0]
+    r = subprocess.run([sys.executable, "-m", "distill.cli", "sample", "--student", str(folder),
+                        "--steps", str(st.card.steps[0]), "--count", "1", "--out",
+                        str(tmp_path / "g.png"), "--data-root", str(tiny_data_root)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "g.png").exists()
