@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renders", default=None, help="optional contact sheet PNG of renders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
+    # encoder
+    enc = sub.add_parser("encoder", help="the in-domain feature encoder for FID/KID")
+    esub = enc.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = esub.add_parser("train", help="train the feature encoder on world views")
+    _add_config(p)
+
     # distillation
     p = sub.add_parser("train", help="distill the teacher into a student with one method")
     p.add_argument(
@@ -106,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=1.0, help="teacher CFG scale")
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+
+    # sweep
+    p = sub.add_parser("sweep", help="end-to-end steps vs quality vs latency, Pareto plot, report")
+    p.add_argument("--models", default=None, help="comma-separated: teacher and/or student dirs")
+    p.add_argument("--steps", default=None, help="comma-separated step counts")
+    p.add_argument("--samplers", default=None, help="comma-separated teacher samplers")
+    p.add_argument("--out", default=None, help="run folder (default runs/sweep)")
+    p.add_argument(
+        "--skip-unsupported",
+        action="store_true",
+        help="skip cells a student cannot run (with the reason) instead of failing",
+    )
+    _add_config(p)
+
+    # serve
+    p = sub.add_parser("serve", help="HTTP service: image -> views + Gaussians, hot-swap students")
+    p.add_argument("--students", default=None, help="folder of student folders")
+    p.add_argument("--reconstructor", default=None, help="reconstructor folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    _add_config(p)
 
     # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
@@ -184,6 +211,10 @@ def run(argv: list[str] | None = None) -> int:
             recon_cmd.eval_recon(args.recon, args.count, args.out, args.data_root, args.device)
         else:
             recon_cmd.run_recon(args.recon, args.views, args.out, args.renders, args.device)
+    elif args.cmd == "encoder":
+        from distill.encoder_cmd import train_encoder
+
+        train_encoder(args.config)
     elif args.cmd == "train":
         from distill.train_cmd import train_student
 
@@ -206,6 +237,30 @@ def run(argv: list[str] | None = None) -> int:
             args.teacher,
             args.cfg,
         )
+    elif args.cmd == "sweep":
+        from distill.config import load_config
+        from eval.sweep import Sweep, SweepConfig
+
+        flags = []
+        if args.models:
+            flags.append(f"models=[{','.join(args.models.split(','))}]")
+        if args.steps:
+            flags.append(f"steps=[{','.join(str(s) for s in _steps(args.steps))}]")
+        if args.samplers:
+            flags.append(f"samplers=[{args.samplers}]")
+        if args.out:
+            flags.append(f"out={args.out}")
+        if args.skip_unsupported:
+            flags.append("skip_unsupported=true")
+        cfg = load_config(SweepConfig, args.config + flags)
+        Sweep(cfg).run()
+    elif args.cmd == "serve":
+        from distill.config import load_config
+        from serve.app import ServeConfig, serve
+
+        flags = [f"students={args.students}"] if args.students else []
+        flags += [f"reconstructor={args.reconstructor}"] if args.reconstructor else []
+        serve(load_config(ServeConfig, args.config + flags), args.host, args.port)
     elif args.cmd == "demo":
         from distill.demo import demo
 

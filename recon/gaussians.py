@@ -94,13 +94,11 @@ _PLY_FIELDS = (
 )
 
 
-def save_ply(gaussians: Gaussians, path: str | Path) -> None:
-    """Write one Gaussian set (no batch dims) as a binary 3DGS PLY (SH degree 0)."""
+def ply_encode(gaussians: Gaussians) -> bytes:
+    """One Gaussian set (no batch dims) as a binary 3DGS PLY (SH degree 0)."""
     g = gaussians.map(lambda t: t.detach().float().cpu())
     if g.means.ndim != 2:
-        raise ValueError(
-            f"save_ply takes one Gaussian set [N, 3], got means {tuple(g.means.shape)}"
-        )
+        raise ValueError(f"a PLY holds one Gaussian set [N, 3], got means {tuple(g.means.shape)}")
     eps = 1e-6
     op = g.opacities.clamp(eps, 1 - eps)
     cols = [
@@ -116,11 +114,14 @@ def save_ply(gaussians: Gaussians, path: str | Path) -> None:
     header += f"element vertex {data.shape[0]}\n"
     header += "".join(f"property float {name}\n" for name in _PLY_FIELDS)
     header += "end_header\n"
+    return header.encode("ascii") + data.tobytes()
+
+
+def save_ply(gaussians: Gaussians, path: str | Path) -> None:
+    """Write one Gaussian set as a binary 3DGS PLY file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(data.tobytes())
+    path.write_bytes(ply_encode(gaussians))
 
 
 def load_ply(path: str | Path) -> Gaussians:

@@ -212,6 +212,20 @@ def _quat_z_to(n: Tensor) -> Tensor:
 
 def make_object(seed: int, cfg: WorldConfig) -> Gaussians:
     """The Gaussians [N, ...] of the world object with this seed."""
+    return _generate(seed, cfg)[0]
+
+
+N_ATTRIBUTES = 11
+
+
+def object_attributes(seed: int, cfg: WorldConfig) -> Tensor:
+    """What the generator chose for this object, [11]: primitives of each kind (4), striped
+    sides (1), front and back base colours of the largest primitive (3 + 3). Labels for the
+    lab's feature encoder."""
+    return _generate(seed, cfg)[1]
+
+
+def _generate(seed: int, cfg: WorldConfig) -> tuple[Gaussians, Tensor]:
     gen = torch.Generator().manual_seed(int(seed))
     k = int(torch.randint(cfg.min_primitives, cfg.max_primitives + 1, (1,), generator=gen))
     kinds = [PRIMITIVES[int(i)] for i in torch.randint(len(PRIMITIVES), (k,), generator=gen)]
@@ -253,13 +267,21 @@ def make_object(seed: int, cfg: WorldConfig) -> Gaussians:
     t = torch.cat(tang) * scale
     scales = torch.stack([t, t, 0.3 * t], 1)
     opac = 0.88 + 0.1 * torch.rand(cfg.gaussians, generator=gen)
-    return Gaussians(
+    g = Gaussians(
         means=means,
         quats=_quat_z_to(normals),
         scales=scales,
         opacities=opac,
         colors=torch.cat(cols).clamp(0, 1),
     )
+    big = int(torch.argmax(areas))
+    attrs = torch.tensor(
+        [float(sum(kd == p for kd in kinds)) for p in PRIMITIVES]
+        + [float(sum((f[2] > 0) + (b[2] > 0) for f, b, _ in sides))]
+        + sides[big][0][0].tolist()
+        + sides[big][1][0].tolist()
+    )
+    return g, attrs
 
 
 def render_views(g: Gaussians, viewmats: Tensor, K: Tensor, size: int) -> Tensor:

@@ -20,8 +20,9 @@ def tiny_teacher_dir(tmp_path_factory):
     from teachers.lab import LabTeacher, LabTeacherConfig
 
     torch.manual_seed(0)
-    cfg = LabTeacherConfig(image_size=16, channels=[16, 32], attention=[False, True],
-                           norm_groups=8, head_dim=8)
+    cfg = LabTeacherConfig(
+        image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+    )
     t = LabTeacher(cfg)
     # small random weights everywhere (diffusers zero-inits some output layers)
     with torch.no_grad():

@@ -20,15 +20,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _inputs(b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, 4, 3, 16, 16, generator=g), torch.rand(b, generator=g) * 0.9 + 0.05,
-            torch.rand(b, 3, 16, 16, generator=g) * 2 - 1)
+    return (
+        torch.randn(b, 4, 3, 16, 16, generator=g),
+        torch.rand(b, generator=g) * 0.9 + 0.05,
+        torch.rand(b, 3, 16, 16, generator=g) * 2 - 1,
+    )
 
 
 def _ctx(teacher, data_root, batch=4, steps=10):
-    return Context(teacher=teacher, path=get_path(teacher.path_name),
-                   prediction=teacher.prediction, teacher_cfg=1.0,
-                   data=WorldDataset(data_root, "train"), run_dir=data_root / "run",
-                   batch_size=batch, total_steps=steps)
+    return Context(
+        teacher=teacher,
+        path=get_path(teacher.path_name),
+        prediction=teacher.prediction,
+        teacher_cfg=1.0,
+        data=WorldDataset(data_root, "train"),
+        run_dir=data_root / "run",
+        batch_size=batch,
+        total_steps=steps,
+    )
 
 
 @pytest.mark.parametrize("lora", [0, 4])
@@ -87,8 +96,9 @@ def test_shortcut_bootstrap_of_constant_velocity_is_that_velocity(tiny_teacher_d
     assert torch.allclose(tg.target, v.expand_as(tg.target), atol=1e-6)
 
 
-def test_progressive_target_makes_one_step_equal_two_teacher_steps(tiny_teacher_dir,
-                                                                  tiny_data_root):
+def test_progressive_target_makes_one_step_equal_two_teacher_steps(
+    tiny_teacher_dir, tiny_data_root
+):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("progressive")
     m = cls(cls.Config(start_steps=8), _ctx(t, tiny_data_root))
@@ -141,9 +151,16 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
         for p in s.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.01)
-    card = StudentCard(method="shortcut", teacher_dir=str(tiny_teacher_dir),
-                       teacher_weights=s.teacher_weights, teacher_kind="lab", path="linear",
-                       prediction="velocity", sampler="shortcut", steps=[1, 2])
+    card = StudentCard(
+        method="shortcut",
+        teacher_dir=str(tiny_teacher_dir),
+        teacher_weights=s.teacher_weights,
+        teacher_kind="lab",
+        path="linear",
+        prediction="velocity",
+        sampler="shortcut",
+        steps=[1, 2],
+    )
     save_student(s, tmp_path / "st", card, dtype=torch.float32)
     back = load_student(tmp_path / "st")
     sa, sb = s.trainable_state(), back.student.trainable_state()
@@ -171,17 +188,37 @@ def test_unknown_method_lists_valid_ones():
 def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     extra = {
         "progressive": ["method.start_steps=4"],
-        "reflow": ["method.couplings=4", "method.coupling_steps=2", "method.coupling_batch=2",
-                   "method.distill_steps=1"],
+        "reflow": [
+            "method.couplings=4",
+            "method.coupling_steps=2",
+            "method.coupling_batch=2",
+            "method.distill_steps=1",
+        ],
         "shortcut": ["method.max_steps=8"],
         "consistency": ["method.grid=4"],
         "finetune": [],
     }[method]
-    args = [sys.executable, "-m", "distill.cli", "train", "--method", method, "--teacher",
-            str(tiny_teacher_dir), f"run_dir={tmp_path / 'run'}", f"data.root={tiny_data_root}",
-            "data.train_count=12", "world.image_size=16", "world.gaussians=64",
-            "train.steps=2", "train.batch_size=2", "train.warmup=1", "train.log_every=1",
-            "eval_count=2", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "train",
+        "--method",
+        method,
+        "--teacher",
+        str(tiny_teacher_dir),
+        f"run_dir={tmp_path / 'run'}",
+        f"data.root={tiny_data_root}",
+        "data.train_count=12",
+        "world.image_size=16",
+        "world.gaussians=64",
+        "train.steps=2",
+        "train.batch_size=2",
+        "train.warmup=1",
+        "train.log_every=1",
+        "eval_count=2",
+        *extra,
+    ]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = tmp_path / "run" / "student"
@@ -191,9 +228,27 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     assert log.startswith("step,lr,elapsed_s,loss")
     if method == "shortcut":
         assert "bootstrap" in log.splitlines()[0] or "flow" in log.splitlines()[0]
-    r = subprocess.run([sys.executable, "-m", "distill.cli", "sample", "--student", str(folder),
-                        "--steps", str(st.card.steps[0]), "--count", "1", "--out",
-                        str(tmp_path / "g.png"), "--data-root", str(tiny_data_root)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "sample",
+            "--student",
+            str(folder),
+            "--steps",
+            str(st.card.steps[0]),
+            "--count",
+            "1",
+            "--out",
+            str(tmp_path / "g.png"),
+            "--data-root",
+            str(tiny_data_root),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "g.png").exists()

@@ -1,0 +1,182 @@
+"""Image -> views -> 3D Gaussians in one call, for notebooks and for the server.
+
+pipe = Pipeline.from_pretrained("shipped/students/shortcut", "shipped/recon")
+views, gaussians, timings = pipe(images, steps=1, seed=0)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from recon.gaussians import Gaussians
+from recon.model import Reconstructor
+from students.sampling import sample_views
+from students.student import LoadedStudent, load_student
+from teachers.base import weights_hash
+from teachers.io import load_teacher
+
+TEACHER_STEPS = [1, 2, 4, 8, 16, 25, 50]  # step counts a teacher is served at
+
+
+@dataclass
+class Timings:
+    diffusion_ms: float
+    recon_ms: float
+    total_ms: float
+
+
+class Pipeline:
+    """A teacher or student folder plus the fixed reconstructor."""
+
+    def __init__(
+        self,
+        model,
+        recon: Reconstructor,
+        name: str,
+        folder: Path,
+        device: torch.device,
+        sampler: str = "euler",
+        cfg_scale: float = 1.0,
+    ):
+        self.model, self.recon, self.name, self.folder = model, recon, name, folder
+        self.device, self.sampler, self.cfg_scale = device, sampler, cfg_scale
+        from scenes.world import WorldConfig, make_rig
+
+        info = getattr(recon, "info", {})
+        world = (
+            WorldConfig(**info["train_config"]["world"])
+            if "train_config" in info
+            else WorldConfig(image_size=recon.cfg.image_size)
+        )
+        self.rig = make_rig(world)
+        self.image_size = recon.cfg.image_size
+        if isinstance(model, LoadedStudent):
+            self.method, self.steps = model.card.method, list(model.card.steps)
+            self.weights = model.card.weights
+            self.card = json.loads((folder / "student.json").read_text())
+        else:
+            self.method, self.steps = "teacher", TEACHER_STEPS
+            self.weights = getattr(model, "weights_id", "") or weights_hash(model)
+            self.card = {"method": "teacher", "steps": self.steps, "weights": self.weights}
+        self.default_steps = min(self.steps) if self.method != "teacher" else 50
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        reconstructor_dir: str | Path,
+        teacher_dir: str | Path | None = None,
+        device: str = "auto",
+        teacher=None,
+    ) -> Pipeline:
+        """Load a student (folder with student.json) or a teacher folder, and the reconstructor."""
+        dev = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        folder = Path(model_dir)
+        if (folder / "student.json").exists():
+            model = load_student(folder, teacher=teacher, teacher_dir=teacher_dir)
+        else:
+            model = load_teacher(folder)
+        recon = Reconstructor.load(reconstructor_dir)
+        if model.info.image_size != recon.cfg.image_size:
+            raise ValueError(
+                f"{folder} makes {model.info.image_size}px views but the reconstructor takes "
+                f"{recon.cfg.image_size}px"
+            )
+        return cls(model.to(dev).eval(), recon.to(dev).eval(), folder.name, folder, dev)
+
+    def check_steps(self, steps: int | None) -> int:
+        steps = self.default_steps if steps is None else int(steps)
+        if steps not in self.steps:
+            raise ValueError(f"{self.name} does not support {steps} steps; supported: {self.steps}")
+        return steps
+
+    @torch.inference_mode()
+    def __call__(
+        self, images, steps: int | None = None, seed: int | list[int] | None = None
+    ) -> tuple[Tensor, Gaussians, Timings]:
+        """images: [B, 3, H, W] in [-1, 1] (or PIL images / PNG bytes); one seed per image."""
+        cond = self.prepare(images)
+        steps = self.check_steps(steps)
+        b = cond.shape[0]
+        if seed is None:
+            seeds = [int(torch.randint(0, 2**31 - 1, (1,))) for _ in range(b)]
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(b)]
+        else:
+            seeds = [int(s) for s in seed]
+        t0 = time.perf_counter()
+        views, _ = sample_views(
+            self.model, cond, steps, seeds, self.sampler, self.cfg_scale, batch=max(b, 1)
+        )
+        t1 = time.perf_counter()
+        vm = self.rig.target_viewmats.to(self.device)
+        g = self.recon(views.to(self.device), vm, self.rig.K.expand(len(vm), 3, 3).to(self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        return (
+            views,
+            g.map(lambda t: t.float().cpu()),
+            Timings((t1 - t0) * 1000, (t2 - t1) * 1000, (t2 - t0) * 1000),
+        )
+
+    def prepare(self, images, resize: bool = True) -> Tensor:
+        """A condition batch [B, 3, S, S] in [-1, 1] from tensors, PIL images or PNG/JPEG bytes."""
+        if isinstance(images, Tensor):
+            x = images if images.ndim == 4 else images[None]
+        else:
+            items = images if isinstance(images, list | tuple) else [images]
+            x = torch.stack([decode_image(i) for i in items])
+        if x.shape[1] != 3:
+            raise ValueError(f"images must have 3 channels, got {tuple(x.shape)}")
+        s = self.image_size
+        if x.shape[-2:] != (s, s):
+            if not resize:
+                raise ValueError(f"images must be {s}x{s}, got {x.shape[-1]}x{x.shape[-2]}")
+            x = F.interpolate(
+                x.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x.float().clamp(-1, 1)
+
+
+def decode_image(data) -> Tensor:
+    """PNG/JPEG bytes or a PIL image -> [3, H, W] in [-1, 1], composited on white."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception as e:
+            raise ValueError(f"not a readable PNG/JPEG image ({type(e).__name__}: {e})") from e
+    else:
+        img = data
+    a = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    rgb = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
+    return torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1
+
+
+def encode_png(image: Tensor) -> bytes:
+    """[3, H, W] in [-1, 1] -> PNG bytes."""
+    arr = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ply_bytes(g: Gaussians, min_opacity: float = 1.0 / 255.0) -> bytes:
+    """The standard 3DGS PLY of one Gaussian set, without the invisible Gaussians."""
+    from recon.gaussians import ply_encode
+
+    keep = g.opacities >= min_opacity
+    return ply_encode(g.map(lambda t: t[keep]))
