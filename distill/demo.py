@@ -1,15 +1,76 @@
-"""`distill demo`: the lab's main job on the shipped defaults, small enough for a laptop."""
+"""`distill demo`: the lab's main job on the shipped defaults, a few minutes on a laptop CPU.
+
+With the shipped teacher, students and reconstructor: turn a few test images into views and 3D
+Gaussians with the 50-step teacher and every 1-step student, write PLYs and a contact sheet,
+then run a small step sweep (table + Pareto plot). Without them (a fresh lab before training),
+it makes a small dataset and a preview sheet of the world.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from distill import data_cmd
+
+SHIPPED = Path("shipped")
 
 
 def demo(out: str, args: list[str]) -> None:
-    """Make a small world dataset and a preview contact sheet."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_cmd.make("val", 50, [f"root={out_dir / 'data'}", *args])
-    data_cmd.show(10_000_000, str(out_dir / "sheet.png"), args)
+    students = sorted(p for p in (SHIPPED / "students").glob("*") if (p / "student.json").exists())
+    ready = all((SHIPPED / x).exists() for x in ("teacher", "recon", "encoder")) and students
+    if not ready:
+        print("shipped models not found: making a small dataset and a preview sheet instead")
+        data_cmd.make("val", 50, [f"root={out_dir / 'data'}", *args])
+        data_cmd.show(10_000_000, str(out_dir / "sheet.png"), args)
+        return
+    _pipeline_demo(out_dir, students)
+    from distill.config import load_config
+    from eval.sweep import Sweep, SweepConfig
+
+    cfg = load_config(
+        SweepConfig,
+        [
+            f"out={out_dir / 'sweep'}",
+            "objects=16",
+            "steps=[1,2,4,50]",
+            "latency_repeats=3",
+            "throughput_batch=8",
+            "models=[teacher," + ",".join(str(s) for s in students) + "]",
+            "skip_unsupported=true",
+            *args,
+        ],
+    )
+    Sweep(cfg).run()
+    print(f"demo outputs under {out_dir}: sheet.png, *.ply, sweep/report.md, sweep/pareto.png")
+
+
+def _pipeline_demo(out_dir: Path, students: list[Path]) -> None:
+    from recon.gaussians import save_ply
+    from scenes.data import open_split
+    from scenes.preview import contact_sheet
+    from scenes.world import WorldConfig
+    from serve.pipeline import Pipeline
+    from teachers.io import load_teacher
+
+    ds = open_split("data/world", "test", 4, WorldConfig())
+    b = ds.batch(list(range(4)))
+    teacher = load_teacher(SHIPPED / "teacher")
+    rows = [("condition | truth", torch.cat([b["cond"][:1], b["targets"][0]]), None)]
+    runs = [(SHIPPED / "teacher", 50)] + [(s, 1) for s in students]
+    for folder, steps in runs:
+        pipe = Pipeline.from_pretrained(
+            folder, SHIPPED / "recon", teacher=teacher if folder.name != "teacher" else None
+        )
+        views, g, tm = pipe(b["cond"], steps=steps, seed=[int(s) for s in b["seeds"]])
+        save_ply(g.map(lambda t: t[0]), out_dir / f"{pipe.name}_{steps}step.ply")
+        label = f"{pipe.name} @{steps} ({tm.total_ms / len(views):.0f} ms/obj)"
+        rows.append((label, torch.cat([b["cond"][:1], views[0]]), None))
+        print(
+            f"{label}: diffusion {tm.diffusion_ms:.0f} ms, reconstruction {tm.recon_ms:.0f} ms"
+            f" for {len(views)} objects"
+        )
+    contact_sheet(rows, out_dir / "sheet.png", title="one test object: teacher vs 1-step students")

@@ -114,11 +114,14 @@ class Reconstructor(nn.Module):
             colors=colors,
         )
 
-    def save(self, folder: str | Path, meta: dict | None = None) -> None:
+    def save(
+        self, folder: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16
+    ) -> None:
+        """Write ``model.safetensors`` (fp16 by default; loading upcasts) and ``recon.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
-            {k: v.detach().contiguous() for k, v in self.state_dict().items()},
+            {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()},
             folder / "model.safetensors",
         )
         info = {"kind": "reconstructor", "config": asdict(self.cfg), **(meta or {})}

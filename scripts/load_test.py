@@ -1,0 +1,284 @@
+"""Load test of `distill serve`: concurrent clients while students are swapped every few seconds.
+
+Starts the server on loopback twice in the same run, unbatched (max_batch=1) and batched, and
+for each: N client threads post the same condition images with fixed seeds for a bounded time
+while a swapper activates a different student every ``--swap-every`` seconds. Every response is
+checked against a reference computed in this process for the student it names (same seed and
+steps): its views must match that student's own output, so an answer from another student is
+caught. Prints and writes JSON with requests, failures, p50_ms, p99_ms, throughput_rps, swaps.
+
+    .venv/bin/python scripts/load_test.py --students shipped/students --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(img: torch.Tensor) -> bytes:
+    arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))), dtype=np.int16)
+
+
+def references(students: list[str], students_dir: str, recon: str, images, seeds, steps):
+    """Each student's views (uint8, as the server encodes them) for every (image, seed)."""
+    from serve.pipeline import Pipeline, encode_png
+
+    refs = {}
+    for name in students:
+        pipe = Pipeline.from_pretrained(Path(students_dir) / name, recon, device="cpu")
+        s = steps if steps in pipe.steps else pipe.default_steps
+        views, _, _ = pipe(torch.stack(images), steps=s, seed=seeds)
+        refs[name] = {
+            "steps": s,
+            "views": [
+                [
+                    np.asarray(Image.open(io.BytesIO(encode_png(v))), dtype=np.int16)
+                    for v in views[i]
+                ]
+                for i in range(len(images))
+            ],
+        }
+    return refs
+
+
+def start_server(args, port: int, max_batch: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "serve",
+        "--students",
+        args.students,
+        "--reconstructor",
+        args.reconstructor,
+        "--port",
+        str(port),
+        "serve_teacher=false",
+        f"max_batch={max_batch}",
+        f"max_wait_ms={args.max_wait_ms}",
+    ]
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start within 180 s")
+
+
+def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> dict:
+    port = free_port()
+    proc = start_server(args, port, max_batch)
+    base = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    lat, failures, mismatches, swaps = [], [], [], [0]
+    lock = threading.Lock()
+    # every student is loaded once before timing, so swaps later are pointer flips
+    for name in students:
+        httpx.post(f"{base}/v1/students/{name}/activate", timeout=120).raise_for_status()
+
+    def client(k: int):
+        with httpx.Client(timeout=120) as c:
+            i = k
+            while not stop.is_set():
+                j = i % len(images)
+                t0 = time.perf_counter()
+                try:
+                    r = c.post(
+                        f"{base}/v1/generate",
+                        content=png_bytes(images[j]),
+                        params={"seed": seeds[j], "steps": args.steps},
+                        headers={"content-type": "image/png"},
+                    )
+                    ms = (time.perf_counter() - t0) * 1000
+                    if r.status_code != 200:
+                        with lock:
+                            failures.append(f"{r.status_code}: {r.text[:200]}")
+                        continue
+                    body = r.json()
+                    ref = refs[body["student"]]
+                    ok = body["steps"] == ref["steps"] and all(
+                        np.abs(decode_png(v) - ref["views"][j][n]).max() <= args.tolerance
+                        for n, v in enumerate(body["views_png"])
+                    )
+                    with lock:
+                        lat.append(ms)
+                        if not ok:
+                            mismatches.append(f"{body['student']} seed {seeds[j]}")
+                except Exception as e:  # noqa: BLE001  (a failure is a data point here)
+                    with lock:
+                        failures.append(f"{type(e).__name__}: {e}")
+                i += args.clients
+
+    def swapper():
+        n = 0
+        while not stop.wait(args.swap_every):
+            n += 1
+            name = students[n % len(students)]
+            r = httpx.post(f"{base}/v1/students/{name}/activate", timeout=120)
+            if r.status_code == 200:
+                swaps[0] += 1
+            else:
+                failures.append(f"activate {name}: {r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+    if swap:
+        threads.append(threading.Thread(target=swapper))
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(args.seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    metrics = httpx.get(f"{base}/metrics").text
+    proc.terminate()
+    proc.wait(timeout=30)
+    lat.sort()
+    return {
+        "max_batch": max_batch,
+        "requests": len(lat) + len(failures),
+        "failures": len(failures) + len(mismatches),
+        "mismatches": len(mismatches),
+        "p50_ms": statistics.median(lat) if lat else None,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+        "throughput_rps": len(lat) / elapsed,
+        "swaps": swaps[0],
+        "seconds": elapsed,
+        "failure_examples": (failures + mismatches)[:5],
+        "batched_requests": _metric(metrics, "distill_batched_requests_total"),
+        "batches": _metric(metrics, "distill_batches_total"),
+    }
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--students", default="shipped/students")
+    ap.add_argument("--reconstructor", default="shipped/recon")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=30.0, help="per phase")
+    ap.add_argument("--swap-every", type=float, default=2.0)
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=15.0)
+    ap.add_argument("--images", type=int, default=8, help="distinct condition images")
+    ap.add_argument("--tolerance", type=int, default=3, help="max uint8 difference to reference")
+    ap.add_argument("--data-root", default="data/world")
+    ap.add_argument("--out", default="runs/load_test/load_test.json")
+    args = ap.parse_args()
+
+    from scenes.data import open_split
+    from scenes.world import WorldConfig
+
+    students = sorted(
+        p.name for p in Path(args.students).iterdir() if (p / "student.json").exists()
+    )
+    if len(students) < 2:
+        raise SystemExit(f"need at least two students under {args.students} to swap")
+    ds = open_split(args.data_root, "test", args.images, WorldConfig())
+    b = ds.batch(list(range(args.images)))
+    images = list(b["cond"])
+    seeds = [1000 + i for i in range(args.images)]
+    print(f"computing references for {students} ...", flush=True)
+    refs = references(students, args.students, args.reconstructor, images, seeds, args.steps)
+    unbatched = phase(args, students, refs, images, seeds, 1, swap=True)
+    print("unbatched:", json.dumps(unbatched), flush=True)
+    batched = phase(args, students, refs, images, seeds, args.max_batch, swap=True)
+    print("batched:  ", json.dumps(batched), flush=True)
+    result = {
+        "requests": batched["requests"],
+        "failures": batched["failures"],
+        "p50_ms": batched["p50_ms"],
+        "p99_ms": batched["p99_ms"],
+        "throughput_rps": batched["throughput_rps"],
+        "swaps": batched["swaps"],
+        "clients": args.clients,
+        "students": students,
+        "steps": args.steps,
+        "unbatched": unbatched,
+        "batched": batched,
+        "batching_speedup": batched["throughput_rps"] / max(unbatched["throughput_rps"], 1e-9),
+        "targets": {"failures": 0, "min_swaps": 10, "min_batching_speedup": 1.5},
+    }
+    result["targets_met"] = (
+        result["failures"] == 0
+        and unbatched["failures"] == 0
+        and result["swaps"] >= 10
+        and result["batching_speedup"] >= 1.5
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "requests",
+                    "failures",
+                    "p50_ms",
+                    "p99_ms",
+                    "throughput_rps",
+                    "swaps",
+                    "batching_speedup",
+                    "targets_met",
+                )
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+    return 0 if result["targets_met"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval.encoder import FeatureEncoder, distribution_distances
+from eval.sweep import Sweep, SweepConfig, amortised
+from recon.model import ReconConfig, Reconstructor
+from students.student import Student, StudentCard, StudentConfig, save_student
+from teachers.io import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep_assets(tiny_teacher_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    t = load_teacher(tiny_teacher_dir)
+    torch.manual_seed(1)
+    s = Student(t, StudentConfig(second_time=True))
+    card = StudentCard(
+        method="shortcut",
+        teacher_dir=str(tiny_teacher_dir),
+        teacher_weights=s.teacher_weights,
+        teacher_kind="lab",
+        path="linear",
+        prediction="velocity",
+        sampler="shortcut",
+        steps=[1, 2],
+        train_config={"train_seconds": 60.0},
+    )
+    save_student(s, root / "shortcut", card)
+    Reconstructor(
+        ReconConfig(
+            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).save(root / "recon")
+    FeatureEncoder(width=8).save(root / "encoder", {})
+    return root
+
+
+def _cfg(assets, data_root, tmp_path, **kw):
+    base = dict(
+        out=str(tmp_path / "sw"),
+        models=["teacher", str(assets / "shortcut")],
+        steps=[1, 2],
+        teacher=str(load_teacher_dir(assets)),
+        recon=str(assets / "recon"),
+        encoder=str(assets / "encoder"),
+        data_root=str(data_root),
+        objects=4,
+        batch=4,
+        latency_repeats=2,
+        throughput_batch=2,
+        reference_steps=3,
+    )
+    base.update(kw)
+    return SweepConfig(**base)
+
+
+def load_teacher_dir(assets):
+    return json.loads((assets / "shortcut" / "student.json").read_text())["teacher_dir"]
+
+
+def test_sweep_outputs_and_resume(sweep_assets, tiny_data_root, tmp_path):
+    sw = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path))
+    rows = sw.run()
+    assert len(rows) == 4
+    out = tmp_path / "sw"
+    for f in ("results.json", "results.csv", "pareto.png", "report.md"):
+        assert (out / f).exists(), f
+    keys = (
+        "model",
+        "method",
+        "steps",
+        "nfe",
+        "e2e_psnr",
+        "e2e_ssim",
+        "fid",
+        "kid",
+        "chamfer",
+        "teacher_psnr",
+        "diffusion_ms",
+        "recon_ms",
+        "render_ms",
+        "total_ms",
+    )
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert all(k in header for k in keys)
+    r = {(x["model"], x["steps"]): x for x in rows}
+    assert r[("teacher", 2)]["nfe"] == 2 and r[("shortcut", 1)]["nfe"] == 1
+    assert all(
+        x["total_ms"] == pytest.approx(x["diffusion_ms"] + x["recon_ms"] + x["render_ms"])
+        for x in rows
+    )
+    assert rows[0]["lpips"] is None and rows[0]["lpips_missing"]
+    report = (out / "report.md").read_text()
+    assert "Amortised cost per asset" in report and "pareto.png" in report
+    # a rerun reuses every finished cell and gives the same quality figures
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    rows2 = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path)).run()
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert before == after
+    assert [x["e2e_psnr"] for x in rows2] == [x["e2e_psnr"] for x in rows]
+
+
+def test_quality_is_reproducible_across_runs(sweep_assets, tiny_data_root, tmp_path):
+    a = Sweep(
+        _cfg(
+            sweep_assets,
+            tiny_data_root,
+            tmp_path,
+            out=str(tmp_path / "a"),
+            models=["teacher"],
+            steps=[2],
+        )
+    ).run()[0]
+    b = Sweep(
+        _cfg(
+            sweep_assets,
+            tiny_data_root,
+            tmp_path,
+            out=str(tmp_path / "b"),
+            models=["teacher"],
+            steps=[2],
+        )
+    ).run()[0]
+    for k in ("e2e_psnr", "fid", "kid", "chamfer", "teacher_psnr", "view0_psnr"):
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+
+
+def test_unsupported_steps_and_missing_folder(sweep_assets, tiny_data_root, tmp_path):
+    with pytest.raises(ValueError, match=r"does not support 4 steps; supported: \[1, 2\]"):
+        Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, steps=[4])).cells()
+    sw = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, steps=[4], skip_unsupported=True))
+    assert [c[0] for c in sw.cells()] == ["teacher"] and "does not support" in sw.skipped[0][
+        "reason"
+    ]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, models=[str(tmp_path / "nothing")]))
+
+
+def test_amortised_break_even():
+    rows = [
+        {
+            "model": "teacher",
+            "method": "teacher",
+            "steps": 50,
+            "total_ms": 1000.0,
+            "train_seconds": 0.0,
+        },
+        {"model": "s", "method": "shortcut", "steps": 1, "total_ms": 100.0, "train_seconds": 900.0},
+    ]
+    table, notes = amortised(rows, 50)
+    assert "1e+02" in table and "1e+07" in table
+    assert "breaks even after 1,000 assets" in notes[0]  # 900 s / 0.9 s saved per asset
+
+
+def test_fid_on_encoder_features_detects_blur():
+    torch.manual_seed(0)
+    enc = FeatureEncoder(width=8).eval()
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    y = torch.rand(64, 3, 16, 16) * 2 - 1
+    same = distribution_distances(enc, x, y)
+    blur = distribution_distances(enc, x, torch.nn.functional.avg_pool2d(y, 3, 1, 1))
+    assert blur["fid"] > same["fid"] and blur["kid"] > same["kid"]
+
+
+def test_sweep_cli_smoke(sweep_assets, tiny_data_root, tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "sweep",
+            "--models",
+            "teacher",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "cli"),
+            f"teacher={load_teacher_dir(sweep_assets)}",
+            f"recon={sweep_assets / 'recon'}",
+            f"encoder={sweep_assets / 'encoder'}",
+            f"data_root={tiny_data_root}",
+            "objects=2",
+            "batch=2",
+            "latency_repeats=1",
+            "throughput_batch=2",
+            "reference_steps=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["rows"][0]["steps"] == 1
