@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from eval.compare import compare_rows, compare_table, teacher_reference
-from scenes.data import open_split
+from eval.views import generated_sheet, test_objects
 from scenes.world import WorldConfig
 from students.sampling import sample_views
 from students.student import load_student
 from teachers.io import load_teacher
 
 REFERENCE_STEPS = 50
-
-
-def eval_objects(data_root: str, count: int, world: WorldConfig | None = None):
-    """The first ``count`` test objects: conditions, true target views and noise seeds."""
-    ds = open_split(data_root, "test", count, world or WorldConfig())
-    b = ds.batch(list(range(count)))
-    return b["cond"], b["targets"], [int(s) for s in b["seeds"]]
 
 
 def record_metrics(
@@ -39,7 +30,7 @@ def record_metrics(
         if "world" in card["train_config"]
         else WorldConfig(image_size=student.info.image_size)
     )
-    cond, gt, seeds = eval_objects(data_root, count, world)
+    cond, gt, seeds = test_objects(data_root, count, world)
     ref = teacher_reference(
         load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, cfg_scale=teacher_cfg
     )
@@ -75,7 +66,7 @@ def compare(
 ) -> list[dict]:
     """Evidence table: each student vs the teacher at the same steps and the teacher at 50."""
     teacher = load_teacher(teacher_dir)
-    cond, gt, seeds = eval_objects(data_root, count)
+    cond, gt, seeds = test_objects(data_root, count)
     ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_cfg)
     models = {"teacher": teacher}
     for s in students:
@@ -100,15 +91,9 @@ def sample_student(
     data_root: str,
     teacher_dir: str | None = None,
 ) -> Path:
-    from scenes.preview import contact_sheet
-
     st = load_student(folder, teacher_dir=teacher_dir)
-    cond, gt, _ = eval_objects(data_root, count)
+    cond, gt, _ = test_objects(data_root, count)
     views, nfe = sample_views(st, cond, steps, [seed + i for i in range(count)])
-    rows = []
-    for o in range(count):
-        rows.append((f"obj {o} {st.card.method}", torch.cat([cond[o : o + 1], views[o]]), None))
-        rows.append(("truth", torch.cat([cond[o : o + 1], gt[o]]), None))
-    path = contact_sheet(rows, out, title=f"{st.card.method} student, {steps} steps, NFE {nfe}")
-    print(f"wrote {path}")
-    return path
+    return generated_sheet(
+        cond, gt, views, st.card.method, out, f"{st.card.method} student, {steps} steps, NFE {nfe}"
+    )

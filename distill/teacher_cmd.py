@@ -29,6 +29,7 @@ class ObjectiveConfig:
 class TeacherTrainConfig:
     run_dir: str = "runs/teacher"  # checkpoints, logs, resolved config
     out: str = ""  # final teacher folder; default <run_dir>/teacher
+    init: str = ""  # start from this teacher folder's weights (a refinement stage)
     data: DataSpec = field(default_factory=DataSpec)
     world: WorldConfig = field(default_factory=WorldConfig)
     teacher: LabTeacherConfig = field(default_factory=LabTeacherConfig)
@@ -52,6 +53,11 @@ def train_teacher(args: list[str]) -> Path:
     path = get_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
     model = LabTeacher(cfg.teacher)
+    if cfg.init:
+        start = LabTeacher.load(cfg.init)
+        if start.cfg != cfg.teacher:
+            raise ValueError(f"init teacher {cfg.init} has another architecture than teacher.*")
+        model.load_state_dict(start.state_dict())
     obj = cfg.objective
 
     def step_fn(m, step, gen):
@@ -81,6 +87,7 @@ def train_teacher(args: list[str]) -> Path:
         "command": "distill teacher train " + " ".join(args),
         "train_seconds_last_run": round(time.perf_counter() - t0, 1),
         "steps": cfg.train.steps,
+        "init": cfg.init,
     }
     model.save(out, meta=meta)
     print(f"teacher saved to {out} (weights {weights_hash(LabTeacher.load(out))})")
@@ -89,13 +96,6 @@ def train_teacher(args: list[str]) -> Path:
 
 if __name__ == "__main__":
     train_teacher(sys.argv[1:])
-
-
-def _eval_objects(data_root: str, count: int, world: WorldConfig | None = None):
-    """The first ``count`` test-split objects (made if missing) and their noise seeds."""
-    ds = open_split(data_root, "test", count, world or WorldConfig())
-    b = ds.batch(list(range(count)))
-    return b["cond"], b["targets"], [int(s) for s in b["seeds"]]
 
 
 def sample_teacher(
@@ -109,21 +109,18 @@ def sample_teacher(
     data_root: str,
 ) -> Path:
     """Grid of generated views next to the truth for the first ``count`` test objects."""
-    from scenes.preview import contact_sheet
+    from eval.views import generated_sheet, test_objects
     from students.sampling import sample_views
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    cond, gt, _ = _eval_objects(data_root, count)
-    seeds = [seed + i for i in range(count)]
-    views, nfe = sample_views(model, cond, steps, seeds, sampler, cfg_scale)
-    rows = []
-    for o in range(count):
-        rows.append((f"obj {o} generated", torch.cat([cond[o : o + 1], views[o]]), None))
-        rows.append(("truth", torch.cat([cond[o : o + 1], gt[o]]), None))
-    path = contact_sheet(rows, out, title=f"{sampler}, {steps} steps, NFE {nfe}, cfg {cfg_scale}")
-    print(f"wrote {path}")
-    return path
+    cond, gt, _ = test_objects(data_root, count)
+    views, nfe = sample_views(
+        model, cond, steps, [seed + i for i in range(count)], sampler, cfg_scale
+    )
+    return generated_sheet(
+        cond, gt, views, "generated", out, f"{sampler}, {steps} steps, NFE {nfe}, cfg {cfg_scale}"
+    )
 
 
 def eval_teacher(
@@ -134,14 +131,23 @@ def eval_teacher(
     cfg_scale: float,
     out_dir: str,
     data_root: str,
+    encoder_dir: str = "shipped/encoder",
 ) -> list[dict]:
-    """Quality table (view 0 and unseen views vs truth) per step count, JSON + grid PNG."""
-    from eval.views import quality_table, step_quality, steps_grid, write_json
+    """Quality table (view 0 and unseen views vs truth, sharpness, and FID/KID when the
+    feature encoder exists) per step count, JSON + grid PNG."""
+    from eval.views import quality_table, step_quality, steps_grid, test_objects, write_json
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    cond, gt, seeds = _eval_objects(data_root, count)
-    rows, views = step_quality(model, cond, gt, seeds, steps_list, sampler, cfg_scale)
+    cond, gt, seeds = test_objects(data_root, count)
+    encoder = None
+    if encoder_dir and Path(encoder_dir).exists():
+        from eval.encoder import FeatureEncoder
+
+        encoder = FeatureEncoder.load(encoder_dir)
+    rows, views = step_quality(
+        model, cond, gt, seeds, steps_list, sampler, cfg_scale, encoder=encoder
+    )
     out = Path(out_dir)
     table = quality_table(rows)
     write_json({"teacher": teacher_dir, "rows": rows}, out / "quality.json")

@@ -65,3 +65,12 @@ def load_lpips():
     import lpips
 
     return lpips.LPIPS(net="alex", verbose=False).eval(), ""
+
+
+def sharpness(x: Tensor) -> Tensor:
+    """Mean absolute Laplacian per image ([..., 3, H, W] in [-1, 1]): high-frequency energy.
+    Compared with the truth's, < 1 means blurrier and > 1 means noisier or more detailed."""
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=torch.float32)
+    flat = _unit(x).reshape(-1, 1, *x.shape[-2:])
+    lap = torch.nn.functional.conv2d(flat, k[None, None])
+    return lap.abs().reshape(*x.shape[:-2], -1).mean((-1, -2))
