@@ -66,6 +66,8 @@ def load_config(schema: type[T], args: list[str] | None = None, base: dict | Non
         layers.append((str(p), loaded))
     if overrides:
         try:
+            # `key=` means the empty string (omegaconf alone would read it as null)
+            overrides = [o + "''" if o.endswith("=") else o for o in overrides]
             layers.append(("command line", OmegaConf.from_dotlist(overrides)))
         except OmegaConfBaseException as e:
             raise ConfigError(f"cannot parse overrides {overrides}: {e}") from e

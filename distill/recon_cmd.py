@@ -12,7 +12,7 @@ from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.loop import TrainConfig, train
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
-from scenes.data import open_split
+from scenes.data import open_eval_split, open_split
 from scenes.world import WorldConfig, make_rig, unpack_gaussians, world_id
 
 
@@ -123,7 +123,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
         if "train_config" in model.info
         else WorldConfig(image_size=model.cfg.image_size)
     )
-    ds = open_split(data_root, "test", count, world)
+    ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
     b = ds.batch(list(range(count)))
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K

@@ -30,7 +30,7 @@ def record_metrics(
         if "world" in card["train_config"]
         else WorldConfig(image_size=student.info.image_size)
     )
-    cond, gt, seeds = test_objects(data_root, count, world)
+    cond, gt, seeds = test_objects(data_root, count, student.info.image_size, world)
     ref = teacher_reference(
         load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, cfg_scale=teacher_cfg
     )
@@ -66,7 +66,7 @@ def compare(
 ) -> list[dict]:
     """Evidence table: each student vs the teacher at the same steps and the teacher at 50."""
     teacher = load_teacher(teacher_dir)
-    cond, gt, seeds = test_objects(data_root, count)
+    cond, gt, seeds = test_objects(data_root, count, teacher.info.image_size)
     ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_cfg)
     models = {"teacher": teacher}
     for s in students:
@@ -92,7 +92,7 @@ def sample_student(
     teacher_dir: str | None = None,
 ) -> Path:
     st = load_student(folder, teacher_dir=teacher_dir)
-    cond, gt, _ = test_objects(data_root, count)
+    cond, gt, _ = test_objects(data_root, count, st.info.image_size)
     views, nfe = sample_views(st, cond, steps, [seed + i for i in range(count)])
     return generated_sheet(
         cond, gt, views, st.card.method, out, f"{st.card.method} student, {steps} steps, NFE {nfe}"

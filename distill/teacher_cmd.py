@@ -114,7 +114,7 @@ def sample_teacher(
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    cond, gt, _ = test_objects(data_root, count)
+    cond, gt, _ = test_objects(data_root, count, model.info.image_size)
     views, nfe = sample_views(
         model, cond, steps, [seed + i for i in range(count)], sampler, cfg_scale
     )
@@ -139,7 +139,7 @@ def eval_teacher(
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    cond, gt, seeds = test_objects(data_root, count)
+    cond, gt, seeds = test_objects(data_root, count, model.info.image_size)
     encoder = None
     if encoder_dir and Path(encoder_dir).exists():
         from eval.encoder import FeatureEncoder

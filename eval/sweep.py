@@ -25,7 +25,7 @@ from eval.metrics import chamfer, load_lpips, mean_ci, psnr, ssim
 from eval.timing import device_name, peak_memory_mb, sync, time_ms
 from eval.views import view_metrics
 from recon.model import Reconstructor
-from scenes.data import open_split
+from scenes.data import open_eval_split
 from scenes.world import WorldConfig, unpack_gaussians
 from students.sampling import sample_views
 from students.student import LoadedStudent, load_student
@@ -100,10 +100,17 @@ class Sweep:
         self.recon = Reconstructor.load(cfg.recon).to(self.device)
         self.encoder = FeatureEncoder.load(cfg.encoder)
         self.models, self.skipped = self._load_models()
-        world = WorldConfig(image_size=self.teacher.info.image_size)
+        world = None
         if "train_config" in self.recon.info:
             world = WorldConfig(**self.recon.info["train_config"]["world"])
-        ds = open_split(cfg.data_root, "test", cfg.objects, world)
+        if self.recon.cfg.image_size != self.teacher.info.image_size:
+            raise ValueError(
+                f"reconstructor {cfg.recon} works at {self.recon.cfg.image_size}px, teacher "
+                f"{cfg.teacher} at {self.teacher.info.image_size}px"
+            )
+        ds = open_eval_split(
+            cfg.data_root, "test", cfg.objects, self.teacher.info.image_size, world
+        )
         b = ds.batch(list(range(cfg.objects)))
         self.rig = ds.rig
         self.cond, self.gt, self.heldout = b["cond"], b["targets"], b["heldout"]

@@ -111,13 +111,13 @@ def write_json(obj, path: str | Path) -> Path:
     return path
 
 
-def test_objects(data_root: str, count: int, world=None):
-    """The first ``count`` test-split objects (made if missing): conditions, true target views
-    and their noise seeds (each object's world seed)."""
-    from scenes.data import open_split
-    from scenes.world import WorldConfig
+def test_objects(data_root: str, count: int, image_size: int, world=None):
+    """The first ``count`` test-split objects for a model of ``image_size`` pixels (made with
+    ``world`` if missing): conditions, true target views and their noise seeds (each object's
+    world seed)."""
+    from scenes.data import open_eval_split
 
-    ds = open_split(data_root, "test", count, world or WorldConfig())
+    ds = open_eval_split(data_root, "test", count, image_size, world)
     b = ds.batch(list(range(count)))
     return b["cond"], b["targets"], [int(s) for s in b["seeds"]]
 

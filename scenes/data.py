@@ -181,3 +181,34 @@ def open_split(
     with tqdm(total=count, desc=f"making {split} data", unit="obj") as bar:
         make_split(root, split, count, world, batch=batch, progress=bar.update)
     return WorldDataset(root, split, world)
+
+
+def open_eval_split(
+    root: str | Path,
+    split: str,
+    count: int,
+    image_size: int,
+    default_world: WorldConfig | None = None,
+    batch: int = 8,
+) -> WorldDataset:
+    """The split for evaluating a model of ``image_size`` pixels: whatever world the data was
+    made with (its rig is the one its views were rendered with), as long as the image size
+    matches; made with ``default_world`` (or the default world at that size) if missing, and
+    extended with its own world if it holds fewer than ``count`` objects."""
+    try:
+        ds = WorldDataset(root, split, None)
+    except FileNotFoundError:
+        ds = None
+    if ds is not None and ds.world.image_size != image_size:
+        raise ValueError(
+            f"{Path(root) / split}: data is {ds.world.image_size}x{ds.world.image_size} pixels, "
+            f"the model works at {image_size}x{image_size}; point --data-root at data of that "
+            f"size or make it with `distill data make --split {split} "
+            f"world.image_size={image_size}`"
+        )
+    if ds is not None and len(ds) >= count:
+        return ds
+    world = ds.world if ds is not None else (default_world or WorldConfig(image_size=image_size))
+    if world.image_size != image_size:
+        raise ValueError(f"world image size {world.image_size} != model image size {image_size}")
+    return open_split(root, split, count, world, batch=batch)

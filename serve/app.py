@@ -212,12 +212,15 @@ class Server:
         return pipe
 
     def _sweep_rows(self) -> list[dict]:
+        if not self.cfg.sweep:
+            return []
         p = Path(self.cfg.sweep)
-        if not p.exists():
+        if not p.is_file():
             return []
         try:
             return json.loads(p.read_text()).get("rows", [])
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            print(f"ignoring unreadable sweep results {p}: {e}")
             return []
 
     def describe(self) -> list[dict]:
@@ -247,7 +250,9 @@ class Server:
     # --- batching ---------------------------------------------------------------------------
     async def submit(self, pipe: Pipeline, steps: int, image: torch.Tensor, seed: int):
         loop = asyncio.get_running_loop()
-        key = (id(pipe), steps)
+        # one queue and drain task per event loop as well: a test client may run each request
+        # in a fresh loop, and a queue's event and task belong to the loop that made them
+        key = (id(loop), id(pipe), steps)
         job = _Job(image, seed, loop.create_future(), loop)
         q = self.queues.get(key)
         if q is None:

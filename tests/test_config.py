@@ -10,6 +10,7 @@ from scenes.world import WorldConfig
 class Cfg:
     steps: int = 3  # a field
     lr: float = 1e-3
+    name: str = "x"
     world: WorldConfig = field(default_factory=WorldConfig)
 
 
@@ -49,3 +50,7 @@ def test_stray_argument_and_missing_file():
         load_config(Cfg, ["steps"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(Cfg, ["nope.yaml"])
+
+
+def test_empty_override_is_the_empty_string():
+    assert load_config(Cfg, ["name="]).name == ""
