@@ -1,0 +1,89 @@
+"""The shipped models load on a fresh clone and reproduce the figures recorded next to them.
+
+Each test regenerates the first test objects of the default world (deterministic from their
+seeds), measures the shipped model the way its recorded figures were measured, and compares.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "shipped"
+TOL_DB = 0.05  # fp rounding across machines; a wrong model is off by decibels
+
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED / "teacher" / "teacher.json").exists(), reason="no shipped models"
+)
+
+
+@pytest.fixture(scope="module")
+def default_test_data(tmp_path_factory):
+    from scenes.data import make_split
+    from scenes.world import WorldConfig
+
+    root = tmp_path_factory.mktemp("world")
+    make_split(root, "test", 64, WorldConfig())
+    return root
+
+
+def test_shipped_teacher_reproduces_its_quality_table(default_test_data):
+    from eval.views import step_quality, test_objects
+    from teachers.io import load_teacher
+
+    rec = json.loads((ROOT / "docs" / "teacher" / "quality.json").read_text())
+    row = next(r for r in rec["rows"] if r["steps"] == 2)
+    model = load_teacher(SHIPPED / "teacher")
+    cond, gt, seeds = test_objects(default_test_data, row["objects"], model.info.image_size)
+    rows, _ = step_quality(model, cond, gt, seeds, [2], row["sampler"], row["cfg_scale"])
+    assert rows[0]["psnr_v0"] == pytest.approx(row["psnr_v0"], abs=TOL_DB)
+    assert rows[0]["psnr_unseen"] == pytest.approx(row["psnr_unseen"], abs=TOL_DB)
+
+
+def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
+    from eval.recon_eval import evaluate
+    from recon.model import Reconstructor
+    from scenes.data import open_eval_split
+    from scenes.world import unpack_gaussians
+
+    rec = json.loads((ROOT / "docs" / "recon" / "recon_eval.json").read_text())
+    model = Reconstructor.load(SHIPPED / "recon")
+    ds = open_eval_split(default_test_data, "test", rec["objects"], model.cfg.image_size)
+    b = ds.batch(list(range(rec["objects"])))
+    rig = ds.rig
+    vm, K = rig.target_viewmats, rig.K
+    Ks = K.expand(len(vm), 3, 3)
+    with torch.inference_mode():
+        res = evaluate(
+            lambda v: model(v, vm, Ks),
+            b["targets"],
+            b["heldout"],
+            unpack_gaussians(b["gaussians"]).means,
+            rig.heldout_viewmats,
+            K,
+        )
+    assert res["psnr"] == pytest.approx(rec["psnr"], abs=TOL_DB)
+    assert res["ssim"] == pytest.approx(rec["ssim"], abs=2e-3)
+    assert res["psnr"] > rec["baseline"]["psnr"] + 3.0
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency", "reflow", "shortcut", "finetune"])
+def test_shipped_student_reproduces_its_card(method, default_test_data):
+    from eval.compare import compare_rows
+    from eval.views import test_objects
+    from students.student import load_student
+
+    folder = SHIPPED / "students" / method
+    if not (folder / "student.json").exists():
+        pytest.skip(f"no shipped {method} student")
+    st = load_student(folder, teacher_dir=str(SHIPPED / "teacher"))
+    metrics = st.card.metrics
+    steps = st.card.steps[0]
+    rec = metrics["by_steps"][str(steps)]
+    cond, gt, seeds = test_objects(default_test_data, metrics["eval_objects"], st.info.image_size)
+    row = compare_rows({method: st}, cond, gt, seeds, [steps], reference=gt)[0]
+    assert row["nfe"] == rec["nfe"]
+    assert row["psnr_v0"] == pytest.approx(rec["psnr_v0"], abs=TOL_DB)
+    assert row["psnr_unseen"] == pytest.approx(rec["psnr_unseen"], abs=TOL_DB)
