@@ -83,5 +83,9 @@ def distribution_distances(
         for m in (fid, kid):
             m.update(real, real=True)
             m.update(fake, real=False)
-        kid_mean, kid_std = kid.compute()
+        # KID averages over random subsets: draw them from a fixed seed so that a rerun gives
+        # the same figure, without touching the caller's random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            kid_mean, kid_std = kid.compute()
         return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
