@@ -109,6 +109,18 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def recon_test_set(model: Reconstructor, data_root: str, count: int):
+    """The first ``count`` test objects for this reconstructor (made with its training world if
+    missing): the dataset, whose rig rendered the views, and the batch."""
+    world = (
+        WorldConfig(**model.info["train_config"]["world"])
+        if "train_config" in model.info
+        else WorldConfig(image_size=model.cfg.image_size)
+    )
+    ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
+    return ds, ds.batch(list(range(count)))
+
+
 def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str = "auto") -> dict:
     """Held-out PSNR/SSIM, Chamfer and latency of the reconstructor and of the naive baseline
     on the first ``count`` test objects, with ground-truth views as input."""
@@ -118,13 +130,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
 
     dev = _device(device)
     model = Reconstructor.load(recon_dir).to(dev)
-    world = (
-        WorldConfig(**model.info["train_config"]["world"])
-        if "train_config" in model.info
-        else WorldConfig(image_size=model.cfg.image_size)
-    )
-    ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
-    b = ds.batch(list(range(count)))
+    ds, b = recon_test_set(model, data_root, count)
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
     Ks = K.expand(len(vm), 3, 3)
@@ -134,7 +140,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
         return model(v.to(dev), vm.to(dev), Ks.to(dev))
 
     def baseline(v):
-        return unproject_baseline(v.to(dev), vm.to(dev), Ks.to(dev), world.distance)
+        return unproject_baseline(v.to(dev), vm.to(dev), Ks.to(dev), ds.world.distance)
 
     res = {"recon": recon_dir, "objects": count, "split": "test"}
     res.update(evaluate(reconstruct, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K))

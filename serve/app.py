@@ -212,9 +212,7 @@ class Server:
         return pipe
 
     def _sweep_rows(self) -> list[dict]:
-        if not self.cfg.sweep:
-            return []
-        p = Path(self.cfg.sweep)
+        p = Path(self.cfg.sweep)  # "" (no sweep) is the directory "."
         if not p.is_file():
             return []
         try:

@@ -43,15 +43,14 @@ def test_shipped_teacher_reproduces_its_quality_table(default_test_data):
 
 
 def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
+    from distill.recon_cmd import recon_test_set
     from eval.recon_eval import evaluate
     from recon.model import Reconstructor
-    from scenes.data import open_eval_split
     from scenes.world import unpack_gaussians
 
     rec = json.loads((ROOT / "docs" / "recon" / "recon_eval.json").read_text())
     model = Reconstructor.load(SHIPPED / "recon")
-    ds = open_eval_split(default_test_data, "test", rec["objects"], model.cfg.image_size)
-    b = ds.batch(list(range(rec["objects"])))
+    ds, b = recon_test_set(model, default_test_data, rec["objects"])
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
     Ks = K.expand(len(vm), 3, 3)

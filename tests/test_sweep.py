@@ -143,6 +143,16 @@ def test_unsupported_steps_and_missing_folder(sweep_assets, tiny_data_root, tmp_
         Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, models=[str(tmp_path / "nothing")]))
 
 
+def test_reconstructor_of_another_size_is_refused(sweep_assets, tiny_data_root, tmp_path):
+    Reconstructor(
+        ReconConfig(
+            image_size=8, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).save(tmp_path / "recon8")
+    with pytest.raises(ValueError, match=r"works at 8px, teacher .* at 16px"):
+        Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, recon=str(tmp_path / "recon8")))
+
+
 def test_amortised_break_even():
     rows = [
         {

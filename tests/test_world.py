@@ -117,3 +117,13 @@ def test_nerf_folder_round_trip(tmp_path, tiny_world):
     assert torch.allclose(rgb2, rgb, atol=1e-4)
     with pytest.raises(FileNotFoundError, match="transforms_train.json"):
         load_nerf_folder(tmp_path / "obj", split="train")
+
+
+def test_eval_split_rejects_data_of_another_size(tmp_path, tiny_world):
+    from scenes.data import open_eval_split
+
+    make_split(tmp_path, "test", 2, tiny_world)
+    ds = open_eval_split(tmp_path, "test", 2, tiny_world.image_size)
+    assert len(ds) == 2 and ds.world == tiny_world
+    with pytest.raises(ValueError, match=r"data is 16x16 pixels, the model works at 32x32"):
+        open_eval_split(tmp_path, "test", 2, 32)
