@@ -28,6 +28,7 @@ class ReconLossConfig:
 class ReconTrainConfig:
     run_dir: str = "runs/recon"  # checkpoints, logs, resolved config
     out: str = ""  # final reconstructor folder; default <run_dir>/recon
+    init: str = ""  # start from this reconstructor folder's weights (a refinement stage)
     data: DataSpec = field(default_factory=DataSpec)
     world: WorldConfig = field(default_factory=WorldConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
@@ -58,6 +59,16 @@ def train_recon(args: list[str]) -> Path:
     white = torch.ones(3)
     torch.manual_seed(cfg.train.seed)
     model = Reconstructor(cfg.recon)
+    if cfg.init:
+        start = Reconstructor.load(cfg.init)
+        if start.cfg != cfg.recon:
+            raise ValueError(
+                f"init reconstructor {cfg.init} has another architecture than recon.* "
+                f"({start.cfg} vs {cfg.recon})"
+            )
+        if start.info.get("world_id") != world_id(cfg.world):
+            raise ValueError(f"init reconstructor {cfg.init} was trained on another world")
+        model.load_state_dict(start.state_dict())
     L = cfg.loss
 
     def step_fn(m, step, gen):
@@ -97,6 +108,7 @@ def train_recon(args: list[str]) -> Path:
             "command": "distill recon train " + " ".join(args),
             "train_seconds_last_run": round(time.perf_counter() - t0, 1),
             "steps": cfg.train.steps,
+            "init": cfg.init,
         },
     )
     print(f"reconstructor saved to {out}")

@@ -85,6 +85,22 @@ class Reconstructor(nn.Module):
                 f"cameras do not match the views: Ks must be [{c.views}, 3, 3] or "
                 f"[B={b}, {c.views}, 3, 3], got {tuple(Ks.shape)}"
             )
+        R = viewmats[..., :3, :3]
+        eye = torch.eye(3, device=R.device, dtype=R.dtype)
+        bottom = torch.tensor([0.0, 0, 0, 1], device=R.device, dtype=R.dtype)
+        if (
+            not torch.isfinite(viewmats).all()
+            or (R @ R.transpose(-1, -2) - eye).abs().max() > 1e-3
+            or (viewmats[..., 3, :] - bottom).abs().max() > 1e-6
+        ):
+            raise ValueError(
+                "cameras do not match the views: viewmats must be finite world-to-camera rigid "
+                "transforms (orthonormal rotation, last row 0 0 0 1)"
+            )
+        if not torch.isfinite(Ks).all() or (Ks[..., 0, 0] <= 0).any() or (Ks[..., 1, 1] <= 0).any():
+            raise ValueError(
+                "cameras do not match the views: Ks must be finite intrinsics with positive focals"
+            )
         return viewmats, Ks
 
     def forward(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> Gaussians:

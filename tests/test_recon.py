@@ -56,6 +56,12 @@ def test_wrong_views_or_cameras_are_clear_errors():
         m(torch.zeros(1, 4, 3, 16, 16), rig.heldout_viewmats, K)
     with pytest.raises(ValueError, match="cameras do not match the views: Ks"):
         m(torch.zeros(1, 4, 3, 16, 16), rig.target_viewmats, K[:2])
+    scaled = rig.target_viewmats.clone()
+    scaled[:, :3, :3] *= 2
+    with pytest.raises(ValueError, match="rigid transforms"):
+        m(torch.zeros(1, 4, 3, 16, 16), scaled, K)
+    with pytest.raises(ValueError, match="positive focals"):
+        m(torch.zeros(1, 4, 3, 16, 16), rig.target_viewmats, -K)
 
 
 def test_save_load_round_trip_and_corrupt_weights(tmp_path):
@@ -122,6 +128,29 @@ def test_recon_train_eval_run_cli(tmp_path):
     for k in ("psnr", "ssim", "chamfer", "recon_ms", "render_ms"):
         assert isinstance(res[k], float) and res[k] > 0
     assert "psnr" in res["baseline"] and res["lpips"] is None and res["lpips_missing"]
+    # a refinement stage starts exactly from the init weights (lr 0 keeps them)
+    _cli(
+        "recon",
+        "train",
+        cfg,
+        f"run_dir={tmp_path / 'run2'}",
+        f"data.root={tmp_path / 'd'}",
+        f"init={rdir}",
+        "train.lr=0",
+        "train.steps=1",
+    )
+    first, second = Reconstructor.load(rdir), Reconstructor.load(tmp_path / "run2" / "recon")
+    for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert second.info["init"] == str(rdir)
+    bad = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "recon", "train", cfg, f"init={rdir}"]
+        + [f"run_dir={tmp_path / 'run3'}", f"data.root={tmp_path / 'd'}", "recon.channels=[24,32]"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode != 0 and "has another architecture than recon" in bad.stderr
     # a 2x2 grid PNG of four 16px views
     s = make_samples([20_000_001], WorldConfig(image_size=16, gaussians=64))
     grid = s["targets"][0].reshape(2, 2, 3, 16, 16).permute(2, 0, 3, 1, 4).reshape(3, 32, 32)
