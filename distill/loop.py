@@ -318,6 +318,16 @@ def train(
     return raw, ema, summary
 
 
+def start_from(model: nn.Module, start: nn.Module, name: str, key: str) -> None:
+    """A refinement stage: copy ``start``'s weights (a previous stage, called ``name`` in
+    errors) into ``model``; both must have been built from the same ``key``.* config."""
+    if start.cfg != model.cfg:
+        raise ValueError(
+            f"{name} has another architecture than {key}.* ({start.cfg} vs {model.cfg})"
+        )
+    model.load_state_dict(start.state_dict())
+
+
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     """State of the parameters that train (all buffers too), by name."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}

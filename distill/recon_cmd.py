@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, train
+from distill.loop import TrainConfig, start_from, train
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
@@ -61,14 +61,9 @@ def train_recon(args: list[str]) -> Path:
     model = Reconstructor(cfg.recon)
     if cfg.init:
         start = Reconstructor.load(cfg.init)
-        if start.cfg != cfg.recon:
-            raise ValueError(
-                f"init reconstructor {cfg.init} has another architecture than recon.* "
-                f"({start.cfg} vs {cfg.recon})"
-            )
         if start.info.get("world_id") != world_id(cfg.world):
             raise ValueError(f"init reconstructor {cfg.init} was trained on another world")
-        model.load_state_dict(start.state_dict())
+        start_from(model, start, f"init reconstructor {cfg.init}", "recon")
     L = cfg.loss
 
     def step_fn(m, step, gen):

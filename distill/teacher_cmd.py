@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, train
+from distill.loop import TrainConfig, start_from, train
 from distill.methods.base import diffusion_targets, regression_loss
 from samplers.paths import get_path
 from scenes.data import open_split
@@ -54,10 +54,7 @@ def train_teacher(args: list[str]) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = LabTeacher(cfg.teacher)
     if cfg.init:
-        start = LabTeacher.load(cfg.init)
-        if start.cfg != cfg.teacher:
-            raise ValueError(f"init teacher {cfg.init} has another architecture than teacher.*")
-        model.load_state_dict(start.state_dict())
+        start_from(model, LabTeacher.load(cfg.init), f"init teacher {cfg.init}", "teacher")
     obj = cfg.objective
 
     def step_fn(m, step, gen):

@@ -5,8 +5,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
+from distill.loop import start_from
 from teachers.io import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,18 @@ def test_teacher_train_kill_and_resume_is_exact(tmp_path):
         and lines[0].startswith("step,lr,elapsed_s,loss")
     )
     assert (tmp_path / "killed" / "config.yaml").exists()
+
+
+class _Net(torch.nn.Linear):
+    def __init__(self, width: int):
+        super().__init__(width, width)
+        self.cfg = {"width": width}
+
+
+def test_start_from_copies_weights_and_rejects_another_architecture():
+    start, model = _Net(3), _Net(3)
+    start_from(model, start, "init net x", "net")
+    for (k, a), b in zip(start.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match=r"init net x has another architecture than net\.\*"):
+        start_from(_Net(4), start, "init net x", "net")

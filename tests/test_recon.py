@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from distill.cli import main
 from eval.metrics import chamfer
 from eval.recon_eval import unproject_baseline
 from recon.gaussians import load_ply
@@ -108,7 +109,7 @@ def _cli(*args):
     return r
 
 
-def test_recon_train_eval_run_cli(tmp_path):
+def test_recon_train_eval_run_cli(tmp_path, capsys):
     cfg = str(ROOT / "configs" / "recon" / "tiny.yaml")
     _cli("recon", "train", cfg, f"run_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'd'}")
     rdir = tmp_path / "run" / "recon"
@@ -143,14 +144,11 @@ def test_recon_train_eval_run_cli(tmp_path):
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), k
     assert second.info["init"] == str(rdir)
-    bad = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "recon", "train", cfg, f"init={rdir}"]
-        + [f"run_dir={tmp_path / 'run3'}", f"data.root={tmp_path / 'd'}", "recon.channels=[24,32]"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert bad.returncode != 0 and "has another architecture than recon" in bad.stderr
+    init_args = ["recon", "train", cfg, f"init={rdir}", f"run_dir={tmp_path / 'run3'}"]
+    assert main([*init_args, f"data.root={tmp_path / 'd'}", "recon.channels=[24,32]"]) == 2
+    assert "has another architecture than recon" in capsys.readouterr().err
+    assert main([*init_args, f"data.root={tmp_path / 'd3'}", "world.distance=2.5"]) == 2
+    assert "was trained on another world" in capsys.readouterr().err
     # a 2x2 grid PNG of four 16px views
     s = make_samples([20_000_001], WorldConfig(image_size=16, gaussians=64))
     grid = s["targets"][0].reshape(2, 2, 3, 16, 16).permute(2, 0, 3, 1, 4).reshape(3, 32, 32)
