@@ -1,30 +1,46 @@
 """The HTTP service: image -> views + 3D Gaussians, with students swapped in while traffic flows.
 
-- Students load off the request path (on activation, in the compute thread's spare time is not
-  needed: loading runs in its own thread) and the active pointer is swapped atomically; a
-  request holds the pipeline it started with until it finishes, so a swap never fails one.
-- Concurrent requests for the same student and step count are batched (``max_batch``,
-  ``max_wait_ms``); all model work runs on one compute thread.
-- Bad input is answered, never crashes the worker: 422 (unreadable image, wrong size when
-  resizing is off, unsupported steps), 413 (body too large), 404 (unknown student).
+- Students load off the request path (in a loader thread) and the active pointer is swapped
+  atomically; a request holds the pipeline it started with until it finishes, so a swap never
+  fails one. Overlapping activations take effect in the order they were asked for: one that
+  finishes after a newer one already took effect is answered 409 (superseded) and changes nothing.
+- Requests for the same student and step count are batched (serve/batching.py).
+- ``latency_ms`` (per request, or ``latency_ms`` in the config as the default) serves the best
+  (student, steps) on the sweep's Pareto front that fits the budget (serve/budget.py).
+- Bad input gets an answer that names the problem, never a traceback, and never fails another
+  request: 422 (invalid parameters or image), 413 (body over the limit, also when streamed),
+  415 (content type), 408 (stalled body), 404 (unknown student), 409 (student not loaded).
+- Admin routes (activate) need ``Authorization: Bearer <token>`` when a token is configured
+  (``admin_token`` or the environment variable ``DISTILL_ADMIN_TOKEN``); without one the server
+  only binds loopback addresses, so only local clients can reach them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import hmac
+import ipaddress
 import json
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
-from serve.pipeline import TEACHER_STEPS, Pipeline, decode_image, encode_png, ply_bytes
+from serve import budget
+from serve.batching import Batcher
+from serve.metrics import UNKNOWN, ServeMetrics
+from serve.pipeline import TEACHER_STEPS, Pipeline, decode_image
+from serve.request import Guard, parse_json_body, parse_params, public_message
+
+TOKEN_ENV = "DISTILL_ADMIN_TOKEN"
+RAW_TYPES = ("", "image/png", "image/jpeg", "application/octet-stream")
 
 
 @dataclass
@@ -36,124 +52,94 @@ class ServeConfig:
     default: str = ""  # the first active student (default: the first one found)
     max_batch: int = 8  # requests batched together (same student and steps)
     max_wait_ms: float = 10.0  # how long a batch waits to fill
-    max_body_bytes: int = 4 * 2**20  # larger request bodies get 413
+    max_body_bytes: int = 4 * 2**20  # larger request bodies get 413 (read no further)
+    max_image_pixels: int = 2048 * 2048  # larger images get 422, judged from the header alone
+    body_timeout_s: float = 30.0  # a body that stalls this long gets 408
+    header_timeout_s: float = 10.0  # a connection whose request headers take longer is closed
+    max_connections: int = 64  # concurrent connections before 503
+    decode_threads: int = 2  # image decoding and resizing, off the event loop
     resize: bool = True  # resize condition images of another size (else 422)
-    sweep: str = "docs/sweep/results.json"  # sweep results shown by /v1/students
+    sweep: str = "docs/sweep/results.json"  # sweep results: /v1/students and latency budgets
+    latency_ms: float = 0.0  # default latency budget for requests naming no student/steps (0: off)
+    budget_quality: str = "fid"  # the sweep column a latency budget maximises (fid: lower wins)
+    preload_front: bool = True  # load the sweep's Pareto-front students at start, for budgets
+    admin_token: str = ""  # bearer token for admin routes (default: $DISTILL_ADMIN_TOKEN)
     device: str = "auto"
-
-
-class _Metrics:
-    """Prometheus text exposition of request counts, errors, stage latencies, batches."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = {}
-        self.errors: dict[str, int] = {}
-        self.latency: dict[str, list[float]] = {}  # stage -> [count, sum]
-        self.batches = [0, 0]  # batches, batched requests
-        self.swaps = 0
-
-    def request(self, student: str, status: int) -> None:
-        with self.lock:
-            k = (student, str(status))
-            self.requests[k] = self.requests.get(k, 0) + 1
-
-    def error(self, kind: str) -> None:
-        with self.lock:
-            self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def observe(self, stage: str, ms: float) -> None:
-        with self.lock:
-            c = self.latency.setdefault(stage, [0, 0.0])
-            c[0] += 1
-            c[1] += ms / 1000
-
-    def text(self, active: str) -> str:
-        with self.lock:
-            out = [
-                "# HELP distill_requests_total Requests by student and HTTP status.",
-                "# TYPE distill_requests_total counter",
-            ]
-            for (s, st), n in sorted(self.requests.items()):
-                out.append(f'distill_requests_total{{student="{s}",status="{st}"}} {n}')
-            out += [
-                "# HELP distill_errors_total Rejected or failed requests by kind.",
-                "# TYPE distill_errors_total counter",
-            ]
-            for k, n in sorted(self.errors.items()):
-                out.append(f'distill_errors_total{{kind="{k}"}} {n}')
-            out += [
-                "# HELP distill_stage_seconds Latency per stage.",
-                "# TYPE distill_stage_seconds summary",
-            ]
-            for stage, (n, s) in sorted(self.latency.items()):
-                out.append(f'distill_stage_seconds_count{{stage="{stage}"}} {n}')
-                out.append(f'distill_stage_seconds_sum{{stage="{stage}"}} {s:.6f}')
-            out += [
-                "# TYPE distill_batches_total counter",
-                f"distill_batches_total {self.batches[0]}",
-                "# TYPE distill_batched_requests_total counter",
-                f"distill_batched_requests_total {self.batches[1]}",
-                "# TYPE distill_swaps_total counter",
-                f"distill_swaps_total {self.swaps}",
-                "# HELP distill_active_student The student new requests go to.",
-                "# TYPE distill_active_student gauge",
-                f'distill_active_student{{student="{active}"}} 1',
-            ]
-            return "\n".join(out) + "\n"
-
-
-@dataclass
-class _Job:
-    image: torch.Tensor
-    seed: int
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-
-
-@dataclass
-class _Queue:
-    jobs: list = field(default_factory=list)
-    event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Server:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.metrics = _Metrics()
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        self.metrics = ServeMetrics()
+        self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms, self.metrics)
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
+        self.decoder = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
         self.lock = threading.Lock()
         self.pipelines: dict[str, Pipeline] = {}
         self.teacher = None
-        self.recon_dir = cfg.reconstructor
-        self.queues: dict[tuple[str, int], _Queue] = {}
+        self.token = cfg.admin_token or os.environ.get(TOKEN_ENV, "")
+        self.tickets = self.applied = 0  # activation requests asked / the newest that took effect
+        self._warned: set[str] = set()
         self.sweep = self._sweep_rows()
-        names = self.available()
-        if cfg.serve_teacher:
-            names = names + ["teacher"]
+        names = self.known()
         first = cfg.default or (names[0] if names else "")
         if not first:
-            raise FileNotFoundError(f"no student folders under {cfg.students}")
+            raise FileNotFoundError(f"no readable student folders under {cfg.students}")
+        if first not in names:
+            raise FileNotFoundError(self._unknown(first))
         self.active = first
         self.pipelines[first] = self._load(first)
+        self.metrics.set_active(first)
+        self.front = budget.front(self.sweep, cfg.budget_quality, names)
+        if cfg.preload_front:
+            for o in self.front:
+                if o.student not in self.pipelines:
+                    self.pipelines[o.student] = self._load(o.student)
         self.started = time.time()
 
     # --- students ---------------------------------------------------------------------------
-    def available(self) -> list[str]:
+    def cards(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """Readable student cards by name, and the unreadable ones with the reason (warned once)."""
         root = Path(self.cfg.students)
+        good, broken = {}, {}
         if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if (p / "student.json").exists())
+            return good, broken
+        for p in sorted(root.iterdir()):
+            f = p / "student.json"
+            if not f.exists():
+                continue
+            try:
+                card = json.loads(f.read_text())
+                if not isinstance(card, dict) or "teacher_dir" not in card:
+                    raise ValueError("not a student card (no 'teacher_dir')")
+                good[p.name] = card
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                broken[p.name] = f"unreadable {p.name}/student.json: {public_message(e)}"
+                if str(f) not in self._warned:
+                    self._warned.add(str(f))
+                    print(
+                        f"warning: skipping student {p.name}: cannot read {f}: {e}", file=sys.stderr
+                    )
+        return good, broken
 
-    def _folder(self, name: str) -> Path:
-        return Path(self._teacher_dir()) if name == "teacher" else Path(self.cfg.students) / name
+    def available(self) -> list[str]:
+        return list(self.cards()[0])
+
+    def known(self) -> list[str]:
+        """Every name a request may ask for: readable students, and the teacher if served."""
+        return self.available() + (["teacher"] if self.cfg.serve_teacher else [])
+
+    def label(self, name: str) -> str:
+        """A metrics label for a name a client sent: the name if the server knows it."""
+        return name if name in self.pipelines or name in self.known() else UNKNOWN
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown student {name!r}; available: {self.known()}"
 
     def _teacher_dir(self) -> str:
         if self.cfg.teacher:
             return self.cfg.teacher
-        for name in self.available():
-            card = json.loads((Path(self.cfg.students) / name / "student.json").read_text())
+        for card in self.cards()[0].values():
             return card["teacher_dir"]
         return "shipped/teacher"
 
@@ -161,14 +147,12 @@ class Server:
         """Load a student (or the teacher) and warm it up; raises on a broken folder."""
         from teachers.io import load_teacher
 
-        folder = self._folder(name)
-        if name != "teacher" and not (folder / "student.json").exists():
-            raise FileNotFoundError(f"unknown student {name!r}; available: {self.available()}")
         if self.teacher is None:
             self.teacher = load_teacher(self._teacher_dir())
+        folder = Path(self._teacher_dir()) if name == "teacher" else Path(self.cfg.students) / name
         pipe = Pipeline.from_pretrained(
             folder,
-            self.recon_dir,
+            self.cfg.reconstructor,
             device=self.cfg.device,
             teacher=self.teacher if name != "teacher" else None,
         )
@@ -182,9 +166,8 @@ class Server:
             name = name or self.active
             pipe = self.pipelines.get(name)
         if pipe is None:
-            known = self.available() + (["teacher"] if self.cfg.serve_teacher else [])
-            if name not in known:
-                raise HTTPException(404, f"unknown student {name!r}; available: {known}")
+            if name not in self.known():
+                raise HTTPException(404, self._unknown(name))
             raise HTTPException(
                 409,
                 f"student {name!r} is not loaded; activate it first "
@@ -193,23 +176,48 @@ class Server:
         return pipe
 
     async def activate(self, name: str) -> Pipeline:
-        known = self.available() + (["teacher"] if self.cfg.serve_teacher else [])
-        if name not in known:
-            raise HTTPException(404, f"unknown student {name!r}; available: {known}")
+        if name not in self.known():
+            raise HTTPException(404, self._unknown(name))
         with self.lock:
+            self.tickets += 1
+            ticket = self.tickets
             pipe = self.pipelines.get(name)
         if pipe is None:
             loop = asyncio.get_running_loop()
             try:
                 pipe = await loop.run_in_executor(self.loader, self._load, name)
-            except Exception as e:  # a broken folder: keep serving the active one
+            except Exception as e:  # noqa: BLE001  (a broken folder: keep serving the active one)
                 self.metrics.error("activate")
-                raise HTTPException(422, f"cannot load student {name!r}: {e}") from e
+                raise HTTPException(
+                    422, f"cannot load student {name!r}: {public_message(e)}"
+                ) from None
         with self.lock:
             self.pipelines[name] = pipe
-            self.active = name
-            self.metrics.swaps += 1
+            if ticket < self.applied:
+                raise HTTPException(
+                    409,
+                    f"activation of {name!r} superseded by a newer activation "
+                    f"({self.active!r} is active); {name!r} stays loaded but inactive",
+                )
+            self.applied, self.active = ticket, name
+            self.metrics.swaps.inc()
+            self.metrics.set_active(name)
         return pipe
+
+    def check_admin(self, request: Request) -> None:
+        """Admin routes: the bearer token, when one is configured."""
+        if not self.token:
+            return  # loopback-only server (see serve())
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            self.metrics.error("unauthorized")
+            raise HTTPException(
+                401,
+                "admin route: send 'Authorization: Bearer <token>' with the server's admin token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def _sweep_rows(self) -> list[dict]:
         p = Path(self.cfg.sweep)  # "" (no sweep) is the directory "."
@@ -218,205 +226,254 @@ class Server:
         try:
             return json.loads(p.read_text()).get("rows", [])
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            print(f"ignoring unreadable sweep results {p}: {e}")
+            print(f"ignoring unreadable sweep results {p}: {e}", file=sys.stderr)
             return []
 
     def describe(self) -> list[dict]:
+        good, broken = self.cards()
+        cards = dict(good)
+        if self.cfg.serve_teacher:
+            cards["teacher"] = {
+                "method": "teacher",
+                "steps": TEACHER_STEPS,
+                "teacher_dir": self._teacher_dir(),
+            }
         out = []
-        names = self.available() + (["teacher"] if self.cfg.serve_teacher else [])
-        for name in names:
-            item = {"name": name, "active": name == self.active, "loaded": name in self.pipelines}
-            if name == "teacher":
-                item["card"] = {
-                    "method": "teacher",
-                    "steps": TEACHER_STEPS,
-                    "teacher_dir": self._teacher_dir(),
-                }
-            else:
-                try:
-                    item["card"] = json.loads((self._folder(name) / "student.json").read_text())
-                except (OSError, json.JSONDecodeError) as e:
-                    item["error"] = f"unreadable student.json: {e}"
-            item["sweep"] = [
+        for name, card in cards.items():
+            rows = [
                 r
                 for r in self.sweep
                 if r.get("model") == name or (name == "teacher" and r.get("method") == "teacher")
             ]
-            out.append(item)
-        return out
-
-    # --- batching ---------------------------------------------------------------------------
-    async def submit(self, pipe: Pipeline, steps: int, image: torch.Tensor, seed: int):
-        loop = asyncio.get_running_loop()
-        # one queue and drain task per event loop as well: a test client may run each request
-        # in a fresh loop, and a queue's event and task belong to the loop that made them
-        key = (id(loop), id(pipe), steps)
-        job = _Job(image, seed, loop.create_future(), loop)
-        q = self.queues.get(key)
-        if q is None:
-            q = self.queues[key] = _Queue()
-            asyncio.create_task(self._drain(key, pipe, steps))
-        q.jobs.append(job)
-        q.event.set()
-        return await job.future
-
-    async def _drain(self, key, pipe: Pipeline, steps: int) -> None:
-        q = self.queues[key]
-        loop = asyncio.get_running_loop()
-        while True:
-            await q.event.wait()
-            if len(q.jobs) < self.cfg.max_batch and self.cfg.max_wait_ms > 0:
-                await asyncio.sleep(self.cfg.max_wait_ms / 1000)
-            batch, q.jobs = q.jobs[: self.cfg.max_batch], q.jobs[self.cfg.max_batch :]
-            if not q.jobs:
-                q.event.clear()
-            if not batch:
-                continue
-            try:
-                res = await loop.run_in_executor(self.compute, self._run_batch, pipe, steps, batch)
-                for job, r in zip(batch, res):
-                    job.future.set_result(r)
-            except Exception as e:  # surface to each request, keep the worker alive
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-
-    def _run_batch(self, pipe: Pipeline, steps: int, batch: list[_Job]) -> list[dict]:
-        images = torch.stack([j.image for j in batch])
-        views, g, tm = pipe(images, steps=steps, seed=[j.seed for j in batch])
-        self.metrics.batches[0] += 1
-        self.metrics.batches[1] += len(batch)
-        self.metrics.observe("diffusion", tm.diffusion_ms)
-        self.metrics.observe("reconstruction", tm.recon_ms)
-        out = []
-        for i in range(len(batch)):
-            t0 = time.perf_counter()
-            pngs = [base64.b64encode(encode_png(v)).decode() for v in views[i]]
-            ply = base64.b64encode(ply_bytes(g.map(lambda t, i=i: t[i]))).decode()
-            enc_ms = (time.perf_counter() - t0) * 1000
             out.append(
                 {
-                    "views_png": pngs,
-                    "ply": ply,
-                    "timings_ms": {
-                        "diffusion": tm.diffusion_ms,
-                        "reconstruction": tm.recon_ms,
-                        "encode": enc_ms,
-                        "batch_size": len(batch),
-                    },
+                    "name": name,
+                    "active": name == self.active,
+                    "loaded": name in self.pipelines,
+                    "card": card,
+                    "sweep": rows,
                 }
             )
+        out += [{"name": n, "broken": True, "error": e} for n, e in broken.items()]
         return out
+
+    # --- choosing what to run ----------------------------------------------------------------
+    def choose(self, student: str | None, steps: int | None, latency_ms: float | None):
+        """(pipeline, steps, why) for a request: by name and steps, or by a latency budget."""
+        if latency_ms is None and student is None and steps is None and self.cfg.latency_ms > 0:
+            latency_ms = self.cfg.latency_ms
+        if latency_ms is None:
+            pipe = self.get(student)
+            try:
+                return pipe, pipe.check_steps(steps), None
+            except ValueError as e:
+                raise HTTPException(422, str(e)) from None
+        if student is not None or steps is not None:
+            raise HTTPException(422, "give either latency_ms or student/steps, not both")
+        with self.lock:
+            options = [o for o in self.front if o.student in self.pipelines]
+        if not options:
+            raise HTTPException(
+                409,
+                "no latency budget possible: no sweep results with a loaded student on their "
+                f"Pareto front (sweep: {Path(self.cfg.sweep).name or 'none'})",
+            )
+        o, why = budget.pick(
+            options,
+            latency_ms,
+            self.batcher.batches_ahead(),
+            dict(self.batcher.observed_ms),
+            self.cfg.budget_quality,
+        )
+        return self.get(o.student), o.steps, {"student": o.student, "steps": o.steps, **why}
+
+    def decode(self, data: bytes, size: int) -> torch.Tensor:
+        """Bytes -> a [3, size, size] condition image (run on the decode threads)."""
+        image = decode_image(data, self.cfg.max_image_pixels)
+        if not self.cfg.resize and image.shape[-2:] != (size, size):
+            raise ValueError(
+                f"image must be {size}x{size}, got {image.shape[-1]}x{image.shape[-2]} "
+                "(resizing is off)"
+            )
+        return Pipeline.resize(image[None], size)[0]
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:
     server = Server(cfg)
-    app = FastAPI(title="distill-lab serving", version="0.1.0")
+    app = FastAPI(title="distill-lab serving", version="0.2.0")
     app.state.server = server
+    app.add_middleware(
+        Guard,
+        max_body_bytes=cfg.max_body_bytes,
+        body_timeout_s=cfg.body_timeout_s,
+        on_response=server.metrics.response,
+        on_error=server.metrics.error,
+    )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
-            server.metrics.error("too_large")
-            return JSONResponse(
-                {
-                    "detail": f"request body of {size} bytes exceeds the limit of "
-                    f"{cfg.max_body_bytes} bytes"
-                },
-                status_code=413,
-            )
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):
+        server.metrics.error("internal")
+        return JSONResponse({"detail": f"internal error: {type(e).__name__}"}, status_code=500)
 
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok", "active": server.active, "uptime_s": time.time() - server.started}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics")
     async def metrics():
-        return server.metrics.text(server.active)
+        return Response(server.metrics.text(), media_type=server.metrics.content_type)
 
     @app.get("/v1/students")
     async def students():
         return {"active": server.active, "students": server.describe()}
 
     @app.post("/v1/students/{name}/activate")
-    async def activate(name: str):
+    async def activate(name: str, request: Request):
+        server.check_admin(request)
         pipe = await server.activate(name)
         return {"active": name, "weights": pipe.weights, "method": pipe.method, "steps": pipe.steps}
 
     @app.post("/v1/generate")
     async def generate(request: Request):
         t0 = time.perf_counter()
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            server.metrics.error("too_large")
-            raise HTTPException(
-                413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes"
-            )
-        params = dict(request.query_params)
-        ctype = request.headers.get("content-type", "")
-        image_bytes = None
+        label = server.active
         try:
-            if ctype.startswith("multipart/form-data"):
-                form = await request.form()
-                upload = form.get("image")
-                if upload is None or isinstance(upload, str):
-                    raise ValueError("multipart body needs a file field named 'image'")
-                image_bytes = await upload.read()
-                params.update({k: v for k, v in form.items() if k != "image"})
-            elif ctype.startswith("application/json"):
-                data = json.loads(body)
-                params.update({k: v for k, v in data.items() if k != "image_b64"})
-                image_bytes = base64.b64decode(data["image_b64"], validate=True)
-            else:
-                image_bytes = body
-            if not image_bytes:
-                raise ValueError("no image in the request")
-            image = decode_image(image_bytes)
-        except HTTPException:
-            raise
-        except Exception as e:
-            server.metrics.error("bad_image")
-            server.metrics.request(params.get("student", server.active), 422)
-            raise HTTPException(422, f"bad input: {e}") from e
-        pipe = server.get(params.get("student"))
-        try:
-            steps = pipe.check_steps(params.get("steps"))
-            seed = int(params.get("seed", torch.randint(0, 2**31 - 1, (1,)).item()))
-            if not cfg.resize and image.shape[-2:] != (pipe.image_size, pipe.image_size):
-                raise ValueError(
-                    f"image must be {pipe.image_size}x{pipe.image_size}, got "
-                    f"{image.shape[-1]}x{image.shape[-2]} (resizing is off)"
+            data, params = await _read(request)
+            label = params.student or label
+            pipe, steps, picked = server.choose(params.student, params.steps, params.latency_ms)
+            label = pipe.name
+            loop = asyncio.get_running_loop()
+            try:
+                cond = await loop.run_in_executor(
+                    server.decoder, server.decode, data, pipe.image_size
                 )
-            cond = pipe.prepare(image[None], resize=True)[0]
-        except ValueError as e:
-            server.metrics.error("bad_request")
-            server.metrics.request(pipe.name, 422)
-            raise HTTPException(422, str(e)) from e
-        try:
-            res = await server.submit(pipe, steps, cond, seed)
-        except Exception as e:
-            server.metrics.error("internal")
-            server.metrics.request(pipe.name, 500)
-            raise HTTPException(500, f"generation failed: {type(e).__name__}: {e}") from e
+            except ValueError as e:
+                server.metrics.error("bad_image")
+                raise HTTPException(422, f"bad image: {e}") from None
+            seed = params.seed
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, (1,)))
+            try:
+                res = await server.batcher.submit(pipe, steps, cond, seed)
+            except Exception as e:  # noqa: BLE001  (this request's own failure, after a retry alone)
+                server.metrics.error("internal")
+                raise HTTPException(
+                    500, f"generation failed: {type(e).__name__}: {public_message(e)}"
+                ) from None
+        except HTTPException as e:
+            server.metrics.request(server.label(label), e.status_code)
+            raise
         total = (time.perf_counter() - t0) * 1000
         server.metrics.observe("total", total)
         server.metrics.request(pipe.name, 200)
         res["timings_ms"]["total"] = total
-        return {
-            "student": pipe.name,
-            "method": pipe.method,
-            "weights": pipe.weights,
-            "steps": steps,
-            "seed": seed,
-            **res,
-        }
+        out = {"student": pipe.name, "method": pipe.method, "weights": pipe.weights}
+        out |= {"steps": steps, "seed": seed, **res}
+        if picked is not None:
+            out["picked"] = picked
+        return out
 
     return app
+
+
+async def _read(request: Request):
+    """The image bytes and the validated parameters of a generate request."""
+    text = dict(request.query_params)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    typed = None
+    if ctype == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "multipart body needs a file field named 'image'")
+        data = await upload.read()
+        for k, v in form.multi_items():
+            if k != "image":
+                text[k] = v if isinstance(v, str) else "<file>"
+    elif ctype == "application/json":
+        data, typed = parse_json_body(await request.body())
+    elif ctype in RAW_TYPES:
+        data = await request.body()
+    else:
+        raise HTTPException(
+            415,
+            f"content type {ctype!r} not accepted: send image/png, image/jpeg, "
+            "multipart/form-data (field 'image') or application/json ('image_b64')",
+        )
+    params = parse_params(text, typed)
+    if not data:
+        raise HTTPException(422, "no image in the request")
+    return data, params
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol that closes connections whose request headers stall (slowloris)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._watch()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch()
+
+        def connection_lost(self, exc):
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _waiting(self) -> bool:  # no request in progress: its headers are not all in
+            return self.cycle is None or self.cycle.response_complete
+
+        def _watch(self) -> None:
+            if not self._waiting():
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            elif self._timer is None:
+                self._timer = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self) -> None:
+            self._timer = None
+            if self._waiting() and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutH11
+
+
+def uvicorn_config(app, cfg: ServeConfig, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=header_timeout_protocol(cfg.header_timeout_s),
+        limit_concurrency=cfg.max_connections,
+        timeout_keep_alive=5,
+    )
 
 
 def serve(cfg: ServeConfig, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="warning")
+    if not is_loopback(host) and not (cfg.admin_token or os.environ.get(TOKEN_ENV)):
+        raise SystemExit(
+            f"refusing to bind {host}: without an admin token anyone who can reach it could swap "
+            f"students; set {TOKEN_ENV} (or admin_token=...) or bind 127.0.0.1"
+        )
+    uvicorn.Server(uvicorn_config(create_app(cfg), cfg, host, port)).run()

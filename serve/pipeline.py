@@ -142,28 +142,53 @@ class Pipeline:
         if x.shape[1] != 3:
             raise ValueError(f"images must have 3 channels, got {tuple(x.shape)}")
         s = self.image_size
-        if x.shape[-2:] != (s, s):
-            if not resize:
-                raise ValueError(f"images must be {s}x{s}, got {x.shape[-1]}x{x.shape[-2]}")
+        if x.shape[-2:] != (s, s) and not resize:
+            raise ValueError(f"images must be {s}x{s}, got {x.shape[-1]}x{x.shape[-2]}")
+        return self.resize(x, s)
+
+    @staticmethod
+    def resize(x: Tensor, size: int) -> Tensor:
+        """[B, 3, H, W] -> [B, 3, size, size] in [-1, 1] (antialiased bilinear when it differs)."""
+        if x.shape[-2:] != (size, size):
             x = F.interpolate(
-                x.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False
+                x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
             )
         return x.float().clamp(-1, 1)
 
 
-def decode_image(data) -> Tensor:
-    """PNG/JPEG bytes or a PIL image -> [3, H, W] in [-1, 1], composited on white."""
+IMAGE_FORMATS = ("PNG", "JPEG")  # the formats the service documents and decodes
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I")  # 16-bit greyscale PNGs open in these modes
+
+
+def decode_image(data, max_pixels: int | None = None) -> Tensor:
+    """PNG/JPEG bytes or a PIL image -> [3, H, W] in [-1, 1], composited on white.
+
+    Bytes are checked against ``max_pixels`` from the header alone, before any pixel is
+    decoded (an image bomb costs nothing); 16-bit greyscale is scaled by its own range."""
     if isinstance(data, bytes | bytearray):
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except Exception:  # noqa: BLE001  (Pillow raises several kinds; none is the client's concern)
+            raise ValueError(
+                "not a readable PNG/JPEG image (the formats accepted are PNG and JPEG)"
+            ) from None
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ValueError(
+                f"image of {img.width}x{img.height} pixels exceeds the limit of {max_pixels} pixels"
+            )
+        try:
             img.load()
-        except Exception as e:
-            raise ValueError(f"not a readable PNG/JPEG image ({type(e).__name__}: {e})") from e
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"not a readable PNG/JPEG image ({type(e).__name__})") from None
     else:
         img = data
-    a = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-    rgb = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
-    return torch.from_numpy(rgb).permute(2, 0, 1) * 2 - 1
+    if img.mode in _SIXTEEN_BIT:
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+        rgb = np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=-1)
+    else:
+        a = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        rgb = a[..., :3] * a[..., 3:] + (1 - a[..., 3:])
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1) * 2 - 1
 
 
 def encode_png(image: Tensor) -> bytes:
