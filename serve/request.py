@@ -118,14 +118,19 @@ def route_of(path: str) -> str:
     return "other"
 
 
+_CLOSE = {"connection": "close"}
+
+
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        super().__init__(
+            413, f"request body exceeds the limit of {limit} bytes", headers=_CLOSE
+        )  # close: the rest of the body is never read
 
 
 class BodyTimeout(HTTPException):
     def __init__(self, seconds: float):
-        super().__init__(408, f"request body not received within {seconds:g} s")
+        super().__init__(408, f"request body not received within {seconds:g} s", headers=_CLOSE)
 
 
 class Guard:
@@ -156,6 +161,8 @@ class Guard:
         except HTTPException as e:  # raised by the guard itself, outside the app's handlers
             if not status[0]:
                 await _send_json(counted_send, e.status_code, {"detail": e.detail})
+            else:
+                raise
         finally:
             self.on_response(route, status[0] or 500)
 

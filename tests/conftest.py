@@ -43,3 +43,11 @@ def tiny_data_root(tmp_path_factory):
     make_split(root, "train", 12, w)
     make_split(root, "test", 6, w)
     return root
+
+
+@pytest.fixture(scope="session")
+def serving(tiny_teacher_dir, tmp_path_factory):
+    """Two tiny students of the tiny teacher and a tiny reconstructor (see serve_util)."""
+    from serve_util import make_serving
+
+    return make_serving(tiny_teacher_dir, tmp_path_factory.mktemp("serve"))

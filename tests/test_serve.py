@@ -15,75 +15,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
+from serve_util import png as _png
+from serve_util import samples, serve_config
 
 from recon.gaussians import load_ply
-from recon.model import ReconConfig, Reconstructor
-from serve.app import ServeConfig, create_app
+from serve.app import create_app
 from serve.pipeline import Pipeline, encode_png
-from students.student import Student, StudentCard, StudentConfig, save_student
-from teachers.io import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def samples(text: str) -> dict:
-    """A Prometheus page as {(sample name, sorted labels): value}; fails on a malformed page."""
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-@pytest.fixture(scope="module")
-def serving(tiny_teacher_dir, tmp_path_factory):
-    """Two tiny students of the tiny teacher (different weights) and a tiny reconstructor."""
-    root = tmp_path_factory.mktemp("serve")
-    t = load_teacher(tiny_teacher_dir)
-    for k, (method, steps) in enumerate([("shortcut", [1, 2]), ("consistency", [1, 2, 4])]):
-        torch.manual_seed(10 + k)
-        cfg = StudentConfig(second_time=method == "shortcut", boundary=method == "consistency")
-        s = Student(t, cfg)
-        with torch.no_grad():
-            for p in s.parameters():
-                p.add_(torch.randn_like(p) * 0.01)
-        card = StudentCard(
-            method=method,
-            teacher_dir=str(tiny_teacher_dir),
-            teacher_weights=s.teacher_weights,
-            teacher_kind="lab",
-            path=s.path_name,
-            prediction=s.prediction,
-            sampler="shortcut" if method == "shortcut" else "consistency",
-            steps=steps,
-        )
-        save_student(s, root / "students" / method, card)
-    torch.manual_seed(0)
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save(root / "recon")
-    return root
-
-
-def _png(size=16, seed=0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _cfg(serving, **kw):
-    return ServeConfig(
-        students=str(serving / "students"),
-        reconstructor=str(serving / "recon"),
-        default="shortcut",
-        sweep="",
-        max_wait_ms=5,
-        **kw,
-    )
 
 
 def test_pipeline_api(serving):
@@ -98,7 +37,7 @@ def test_pipeline_api(serving):
 
 
 def test_endpoints_and_bad_input(serving):
-    app = create_app(_cfg(serving, max_body_bytes=200_000))
+    app = create_app(serve_config(serving, max_body_bytes=200_000))
     c = TestClient(app)
     assert c.get("/healthz").json()["active"] == "shortcut"
     r = c.post(
@@ -177,7 +116,7 @@ def test_endpoints_and_bad_input(serving):
 
 
 def test_resize_off_and_broken_student(serving, tmp_path):
-    app = create_app(_cfg(serving, resize=False))
+    app = create_app(serve_config(serving, resize=False))
     c = TestClient(app)
     r = c.post("/v1/generate", content=_png(40), headers={"content-type": "image/png"})
     assert r.status_code == 422 and "resizing is off" in r.json()["detail"]
@@ -290,7 +229,7 @@ def test_server_swaps_mid_traffic(serving):
 
 
 def test_ply_from_response_loads(serving, tmp_path):
-    c = TestClient(create_app(_cfg(serving)))
+    c = TestClient(create_app(serve_config(serving)))
     body = c.post("/v1/generate", content=_png(), headers={"content-type": "image/png"}).json()
     (tmp_path / "o.ply").write_bytes(base64.b64decode(body["ply"]))
     g = load_ply(tmp_path / "o.ply")

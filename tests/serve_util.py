@@ -1,0 +1,101 @@
+"""Helpers for the serving tests: tiny students, PNG bytes, a server on a real socket, metrics."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvicorn
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from recon.model import ReconConfig, Reconstructor
+from serve.app import ServeConfig, create_app, uvicorn_config
+from students.student import Student, StudentCard, StudentConfig, save_student
+from teachers.io import load_teacher
+
+
+def make_serving(teacher_dir: Path, root: Path) -> Path:
+    """Two tiny students of the tiny teacher (different weights) and a tiny reconstructor."""
+    t = load_teacher(teacher_dir)
+    for k, (method, steps) in enumerate([("shortcut", [1, 2]), ("consistency", [1, 2, 4])]):
+        torch.manual_seed(10 + k)
+        cfg = StudentConfig(second_time=method == "shortcut", boundary=method == "consistency")
+        s = Student(t, cfg)
+        with torch.no_grad():
+            for p in s.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        card = StudentCard(
+            method=method,
+            teacher_dir=str(teacher_dir),
+            teacher_weights=s.teacher_weights,
+            teacher_kind="lab",
+            path=s.path_name,
+            prediction=s.prediction,
+            sampler="shortcut" if method == "shortcut" else "consistency",
+            steps=steps,
+        )
+        save_student(s, root / "students" / method, card)
+    torch.manual_seed(0)
+    Reconstructor(
+        ReconConfig(
+            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).save(root / "recon")
+    return root
+
+
+def png(size: int = 16, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def samples(text: str) -> dict:
+    """A Prometheus page as {(sample name, sorted labels): value}; fails on a malformed page."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def serve_config(serving: Path, **kw) -> ServeConfig:
+    kw = {"default": "shortcut", "sweep": "", "max_wait_ms": 5, **kw}
+    return ServeConfig(
+        students=str(serving / "students"), reconstructor=str(serving / "recon"), **kw
+    )
+
+
+class RunningServer:
+    """The service on a loopback socket, run by uvicorn in a thread of this process (so tests
+    can reach into ``.server``), with the same protocol and limits as ``distill serve``."""
+
+    def __init__(self, cfg: ServeConfig):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = create_app(cfg)
+        self.server = self.app.state.server
+        self.uv = uvicorn.Server(uvicorn_config(self.app, cfg, "127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self.uv.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.uv.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.uv.should_exit = True
+        self.thread.join(timeout=15)
