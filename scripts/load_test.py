@@ -73,7 +73,7 @@ def references(students: list[str], students_dir: str, recon: str, images, seeds
     return refs
 
 
-def start_server(args, port: int, max_batch: int) -> subprocess.Popen:
+def start_server(args, port: int, max_batch: int, extra: tuple = ()) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -88,6 +88,7 @@ def start_server(args, port: int, max_batch: int) -> subprocess.Popen:
         "serve_teacher=false",
         f"max_batch={max_batch}",
         f"max_wait_ms={args.max_wait_ms}",
+        *extra,
     ]
     env = dict(os.environ)
     proc = subprocess.Popen(
@@ -193,6 +194,82 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
     }
 
 
+def budget_phase(args, images, seeds) -> dict:
+    """Requests with a latency budget under rising load (1, 2, 4, ... clients): p95 latency
+    against the budget and the quality (from the sweep) of what the server chose to serve."""
+    port = free_port()
+    proc = start_server(args, port, args.max_batch, (f"sweep={args.sweep}",))
+    base = f"http://127.0.0.1:{port}"
+    rows = json.loads(Path(args.sweep).read_text())["rows"]
+    quality = {
+        ("teacher" if r["method"] == "teacher" else r["model"], r["steps"]): r.get(args.quality)
+        for r in rows
+        if r["method"] != "teacher" or r["sampler"] == "euler"
+    }
+    stages, lock = [], threading.Lock()
+    try:
+        for clients in args.budget_clients:
+            stop = threading.Event()
+            lat, served, failures = [], [], []
+
+            def client(k, stop=stop, lat=lat, served=served, failures=failures, n=clients):
+                with httpx.Client(timeout=120) as c:
+                    i = k
+                    while not stop.is_set():
+                        j = i % len(images)
+                        t0 = time.perf_counter()
+                        r = c.post(
+                            f"{base}/v1/generate",
+                            content=png_bytes(images[j]),
+                            params={"seed": seeds[j], "latency_ms": args.budget_ms},
+                            headers={"content-type": "image/png"},
+                        )
+                        ms = (time.perf_counter() - t0) * 1000
+                        with lock:
+                            if r.status_code != 200:
+                                failures.append(f"{r.status_code}: {r.text[:200]}")
+                            else:
+                                body = r.json()
+                                lat.append(ms)
+                                served.append((body["student"], body["steps"]))
+                        i += n
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            time.sleep(args.budget_seconds)
+            stop.set()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            lat.sort()
+            mix: dict[str, int] = {}
+            for st, k in served:
+                mix[f"{st}@{k}"] = mix.get(f"{st}@{k}", 0) + 1
+            qs = [quality.get(x) for x in served if quality.get(x) is not None]
+            stage = {
+                "clients": clients,
+                "requests": len(lat) + len(failures),
+                "failures": len(failures),
+                "failure_examples": failures[:3],
+                "p50_ms": statistics.median(lat) if lat else None,
+                "p95_ms": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
+                "within_budget": sum(x <= args.budget_ms for x in lat) / max(len(lat), 1),
+                "throughput_rps": len(lat) / elapsed,
+                "served": dict(sorted(mix.items(), key=lambda kv: -kv[1])),
+                f"mean_served_{args.quality}": statistics.fmean(qs) if qs else None,
+            }
+            print(
+                f"budget {args.budget_ms:g} ms, {clients} clients:", json.dumps(stage), flush=True
+            )
+            stages.append(stage)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"budget_ms": args.budget_ms, "quality_key": args.quality, "stages": stages}
+
+
 def _metric(text: str, name: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -214,6 +291,13 @@ def main() -> int:
     ap.add_argument("--tolerance", type=int, default=3, help="max uint8 difference to reference")
     ap.add_argument("--data-root", default="data/world")
     ap.add_argument("--out", default="runs/load_test/load_test.json")
+    ap.add_argument("--sweep", default="docs/sweep/results.json", help="for the budget phase")
+    ap.add_argument("--budget-ms", type=float, default=150.0, help="latency budget per request")
+    ap.add_argument(
+        "--budget-clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8]
+    )
+    ap.add_argument("--budget-seconds", type=float, default=10.0, help="per load level")
+    ap.add_argument("--quality", default="fid", help="sweep column reported for what is served")
     args = ap.parse_args()
 
     from scenes.data import open_split
@@ -234,6 +318,7 @@ def main() -> int:
     print("unbatched:", json.dumps(unbatched), flush=True)
     batched = phase(args, students, refs, images, seeds, args.max_batch, swap=True)
     print("batched:  ", json.dumps(batched), flush=True)
+    budgeted = budget_phase(args, images, seeds)
     result = {
         "requests": batched["requests"],
         "failures": batched["failures"],
@@ -247,11 +332,13 @@ def main() -> int:
         "unbatched": unbatched,
         "batched": batched,
         "batching_speedup": batched["throughput_rps"] / max(unbatched["throughput_rps"], 1e-9),
+        "budget": budgeted,
         "targets": {"failures": 0, "min_swaps": 10, "min_batching_speedup": 1.5},
     }
     result["targets_met"] = (
         result["failures"] == 0
         and unbatched["failures"] == 0
+        and all(st["failures"] == 0 for st in budgeted["stages"])
         and result["swaps"] >= 10
         and result["batching_speedup"] >= 1.5
     )

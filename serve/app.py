@@ -71,7 +71,8 @@ class Server:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = ServeMetrics()
-        self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms, self.metrics)
+        self.latency = budget.LatencyModel()
+        self.batcher = Batcher(cfg.max_batch, cfg.max_wait_ms, self.metrics, self._batch_ran)
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self.decoder = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
         self.lock = threading.Lock()
@@ -279,13 +280,13 @@ class Server:
                 f"Pareto front (sweep: {Path(self.cfg.sweep).name or 'none'})",
             )
         o, why = budget.pick(
-            options,
-            latency_ms,
-            self.batcher.batches_ahead(),
-            dict(self.batcher.observed_ms),
-            self.cfg.budget_quality,
+            options, latency_ms, self.batcher.pending, self.latency, self.cfg.budget_quality
         )
         return self.get(o.student), o.steps, {"student": o.student, "steps": o.steps, **why}
+
+    def _batch_ran(self, key: tuple[str, int], ms: float, n: int) -> None:
+        sweep_ms = next((o.latency_ms for o in self.front if (o.student, o.steps) == key), None)
+        self.latency.ran(key, ms, n, sweep_ms)
 
     def decode(self, data: bytes, size: int) -> torch.Tensor:
         """Bytes -> a [3, size, size] condition image (run on the decode threads)."""
@@ -364,14 +365,18 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             server.metrics.request(server.label(label), e.status_code)
             raise
         total = (time.perf_counter() - t0) * 1000
-        server.metrics.observe("total", total)
-        server.metrics.request(pipe.name, 200)
         res["timings_ms"]["total"] = total
         out = {"student": pipe.name, "method": pipe.method, "weights": pipe.weights}
         out |= {"steps": steps, "seed": seed, **res}
         if picked is not None:
             out["picked"] = picked
-        return out
+        body = json.dumps(out)
+        done = (time.perf_counter() - t0) * 1000  # with the answer serialised
+        server.metrics.observe("total", done)
+        server.metrics.observe("queue", res["timings_ms"]["queue"])
+        server.metrics.request(pipe.name, 200)
+        server.latency.finished(done - res["timings_ms"]["queue"] - res["timings_ms"]["compute"])
+        return Response(body, media_type="application/json")
 
     return app
 

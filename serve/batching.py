@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ class Job:
     image: torch.Tensor
     seed: int
     future: asyncio.Future
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -40,13 +40,14 @@ class _Queue:
 class Batcher:
     """One queue and drain task per (event loop, pipeline, steps); one compute thread for all."""
 
-    def __init__(self, max_batch: int, max_wait_ms: float, metrics: ServeMetrics):
+    def __init__(self, max_batch: int, max_wait_ms: float, metrics: ServeMetrics, on_batch=None):
+        """``on_batch((student, steps), ms, n)`` hears each batch's compute time."""
         self.max_batch, self.max_wait_ms, self.metrics = max_batch, max_wait_ms, metrics
+        self.on_batch = on_batch
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self.queues: dict[tuple[int, int, int], _Queue] = {}
         self.lock = threading.Lock()
         self.pending = 0  # jobs queued or running, over all queues
-        self.observed_ms: dict[tuple[str, int], float] = {}  # (student, steps) -> batch ms (EWMA)
 
     async def submit(self, pipe: Pipeline, steps: int, image: torch.Tensor, seed: int) -> dict:
         loop = asyncio.get_running_loop()
@@ -67,10 +68,6 @@ class Batcher:
         finally:
             with self.lock:
                 self.pending -= 1
-
-    def batches_ahead(self) -> int:
-        """Batches the compute thread has to run before a request arriving now."""
-        return math.ceil(self.pending / max(self.max_batch, 1))
 
     async def _drain(self, q: _Queue, pipe: Pipeline, steps: int) -> None:
         loop = asyncio.get_running_loop()
@@ -99,15 +96,13 @@ class Batcher:
                 _settle(job, result=r)
 
     def _run(self, pipe: Pipeline, steps: int, batch: list[Job]) -> list[dict]:
+        start = time.perf_counter()
         images = torch.stack([j.image for j in batch])
         views, g, tm = pipe(images, steps=steps, seed=[j.seed for j in batch])
         self.metrics.batches.inc()
         self.metrics.batched.inc(len(batch))
         self.metrics.observe("diffusion", tm.diffusion_ms)
         self.metrics.observe("reconstruction", tm.recon_ms)
-        key = (pipe.name, steps)
-        old = self.observed_ms.get(key)
-        self.observed_ms[key] = tm.total_ms if old is None else 0.7 * old + 0.3 * tm.total_ms
         out = []
         for i in range(len(batch)):
             t0 = time.perf_counter()
@@ -124,9 +119,15 @@ class Batcher:
                         "reconstruction": tm.recon_ms,
                         "encode": enc_ms,
                         "batch_size": len(batch),
+                        "queue": (start - batch[i].submitted) * 1000,
                     },
                 }
             )
+        compute_ms = (time.perf_counter() - start) * 1000
+        for r in out:
+            r["timings_ms"]["compute"] = compute_ms
+        if self.on_batch is not None:
+            self.on_batch((pipe.name, steps), compute_ms, len(batch))
         return out
 
 

@@ -2,11 +2,16 @@
 
 The candidates are the sweep's Pareto front over (latency a user waits for, quality): a row is
 on it when no other row is at least as fast and at least as good, and strictly one of the two.
-The latency is image -> views -> Gaussians (diffusion + reconstruction; rendering evaluation
-views is not part of serving). At request time each candidate's expected latency is its own
-latency (this server's recent measurement of it where there is one, else the sweep's) times
-one plus the batches queued ahead of it; the best-quality candidate whose expected latency fits
-the budget is served, else the fastest one, and the answer says which and why.
+The sweep's latency is image -> views -> Gaussians (diffusion + reconstruction; rendering
+evaluation views is not part of serving).
+
+At request time a candidate's expected latency is (``LatencyModel``):
+    queue wait  = requests queued or running x this server's compute time per request
+  + service     = this server's recent batch time for that candidate, or the sweep's figure
+                  scaled by how this server's batches compare with the sweep's
+  + overhead    = this server's time per request outside the compute (decoding, encoding, I/O)
+The best-quality candidate whose expected latency fits the budget is served, else the fastest,
+and the answer says which and why. All figures are moving averages of what the server measured.
 """
 
 from __future__ import annotations
@@ -58,24 +63,58 @@ def front(rows: list[dict], quality: str, names: list[str], sampler: str = "eule
     ]
 
 
+class LatencyModel:
+    """Moving averages of this server's timings, to predict a request's latency now."""
+
+    def __init__(self, alpha: float = 0.3):
+        self.alpha = alpha
+        self.service: dict[tuple[str, int], float] = {}  # batch compute ms per candidate
+        self.per_request = None  # compute ms per request, over all batches
+        self.ratio = None  # this server's batch ms / the sweep's ms, over known candidates
+        self.overhead = 0.0  # ms per request outside queue and compute
+
+    def _avg(self, old, new):
+        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+
+    def ran(self, key: tuple[str, int], ms: float, n: int, sweep_ms: float | None) -> None:
+        """A batch of ``n`` requests of candidate ``key`` took ``ms`` of compute."""
+        self.service[key] = self._avg(self.service.get(key), ms)
+        self.per_request = self._avg(self.per_request, ms / max(n, 1))
+        if sweep_ms:
+            self.ratio = self._avg(self.ratio, ms / sweep_ms)
+
+    def finished(self, outside_ms: float) -> None:
+        """A request spent ``outside_ms`` in the server outside its queue wait and compute."""
+        self.overhead = self._avg(self.overhead, max(outside_ms, 0.0))
+
+    def expected(self, o: Option, pending: int) -> dict:
+        own = self.service.get((o.student, o.steps))
+        if own is not None:
+            service, source = own, "this server"
+        else:
+            service, source = o.latency_ms * (self.ratio or 1.0), "the sweep"
+            if self.ratio is not None:
+                source += f", x{self.ratio:.2f} as measured here"
+        wait = pending * (self.per_request if self.per_request is not None else service)
+        return {
+            "expected_ms": wait + service + self.overhead,
+            "queue_ms": wait,
+            "service_ms": service,
+            "overhead_ms": self.overhead,
+            "service_from": source,
+            "queued_requests": pending,
+        }
+
+
 def pick(
-    options: list[Option],
-    budget_ms: float,
-    batches_ahead: int,
-    observed_ms: dict[tuple[str, int], float],
-    quality: str,
+    options: list[Option], budget_ms: float, pending: int, model: LatencyModel, quality: str
 ) -> tuple[Option, dict]:
     """The best option whose expected latency fits ``budget_ms``, and the reasons for the answer."""
     if not options:
         raise LookupError("no servable (student, steps) on the sweep's Pareto front")
     lower = quality in LOWER_IS_BETTER
-
-    def expected(o: Option) -> tuple[float, float, str]:
-        own = observed_ms.get((o.student, o.steps))
-        base, source = (own, "this server") if own is not None else (o.latency_ms, "the sweep")
-        return base * (1 + batches_ahead), base, source
-
-    fits = [o for o in options if expected(o)[0] <= budget_ms]
+    est = {o: model.expected(o, pending) for o in options}
+    fits = [o for o in options if est[o]["expected_ms"] <= budget_ms]
     if fits:
         best = min(fits, key=lambda o: o.quality) if lower else max(fits, key=lambda o: o.quality)
         why = (
@@ -83,16 +122,13 @@ def pick(
             f"{budget_ms:g} ms"
         )
     else:
-        best = min(options, key=lambda o: expected(o)[0])
+        best = min(options, key=lambda o: est[o]["expected_ms"])
         why = f"nothing on the Pareto front fits {budget_ms:g} ms; serving the fastest"
-    exp, base, source = expected(best)
+    parts = {k: round(v, 1) if isinstance(v, float) else v for k, v in est[best].items()}
     return best, {
         "reason": why,
         "budget_ms": budget_ms,
-        "expected_ms": round(exp, 1),
-        "measured_ms": round(base, 1),
-        "measured_by": source,
-        "batches_ahead": batches_ahead,
+        **parts,
         "quality": {quality: best.quality},
         "candidates": len(options),
         "fitting": len(fits),

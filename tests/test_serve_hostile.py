@@ -410,13 +410,20 @@ def test_budget_front_and_pick():
         ("teacher", 50),
     ]
     assert [o.latency_ms for o in opts] == [20, 40, 45, 900]
-    o, why = budget.pick(opts, 50, 0, {}, "fid")
+    model = budget.LatencyModel(alpha=1.0)  # keeps the last value: exact figures
+    o, why = budget.pick(opts, 50, 0, model, "fid")
     assert (o.student, o.steps) == ("consistency", 2) and why["expected_ms"] == 45
-    o, why = budget.pick(opts, 50, 1, {}, "fid")  # one batch queued ahead: 2x
-    assert (o.student, o.steps) == ("shortcut", 1) and why["expected_ms"] == 40
-    o, why = budget.pick(opts, 50, 0, {("consistency", 2): 60.0}, "fid")  # measured here: slower
-    assert (o.student, o.steps) == ("shortcut", 2) and why["measured_by"] == "the sweep"
-    o, why = budget.pick(opts, 5, 0, {}, "fid")
+    assert why["service_from"] == "the sweep" and why["fitting"] == 3
+    model.ran(("shortcut", 1), 30.0, 2, 20.0)  # a batch of 2 took 30 ms: 15 per request, x1.5
+    o, why = budget.pick(opts, 65, 0, model, "fid")  # consistency@2: 45 x 1.5 = 67.5 > 65
+    assert (o.student, o.steps) == ("shortcut", 2) and why["expected_ms"] == 60
+    o, why = budget.pick(opts, 65, 2, model, "fid")  # + 2 queued x 15 ms
+    assert (o.student, o.steps) == ("shortcut", 1) and why["expected_ms"] == 60
+    assert why["service_from"] == "this server" and why["queue_ms"] == 30
+    model.finished(8.0)  # time outside queue and compute joins every estimate (60 + 8 > 65)
+    o, why = budget.pick(opts, 65, 0, model, "fid")
+    assert (o.student, o.steps) == ("shortcut", 1) and why["expected_ms"] == 38
+    o, why = budget.pick(opts, 5, 0, model, "fid")
     assert (o.student, o.steps) == ("shortcut", 1) and "nothing" in why["reason"]
     assert budget.front(_rows(), "fid", ["shortcut"])[-1].steps == 2  # only servable names
 
