@@ -286,7 +286,7 @@ class Server:
 
     def _batch_ran(self, key: tuple[str, int], ms: float, n: int) -> None:
         sweep_ms = next((o.latency_ms for o in self.front if (o.student, o.steps) == key), None)
-        self.latency.ran(key, ms, n, sweep_ms)
+        self.latency.ran(ms, n, sweep_ms)
 
     def decode(self, data: bytes, size: int) -> torch.Tensor:
         """Bytes -> a [3, size, size] condition image (run on the decode threads)."""

@@ -7,8 +7,9 @@ evaluation views is not part of serving).
 
 At request time a candidate's expected latency is (``LatencyModel``):
     queue wait  = requests queued or running x this server's compute time per request
-  + service     = this server's recent batch time for that candidate, or the sweep's figure
-                  scaled by how this server's batches compare with the sweep's
+  + service     = the candidate's sweep latency x how this server's batches compare with the
+                  sweep's (measured over every batch; 1 before the first; batching and load
+                  raise it for all candidates alike, so candidates rank as in the sweep)
   + overhead    = this server's time per request outside the compute (decoding, encoding, I/O)
 The best-quality candidate whose expected latency fits the budget is served, else the fastest,
 and the answer says which and why. All figures are moving averages of what the server measured.
@@ -68,17 +69,15 @@ class LatencyModel:
 
     def __init__(self, alpha: float = 0.3):
         self.alpha = alpha
-        self.service: dict[tuple[str, int], float] = {}  # batch compute ms per candidate
         self.per_request = None  # compute ms per request, over all batches
-        self.ratio = None  # this server's batch ms / the sweep's ms, over known candidates
+        self.ratio = None  # this server's batch ms / the sweep's ms for the same candidate
         self.overhead = 0.0  # ms per request outside queue and compute
 
     def _avg(self, old, new):
         return new if old is None else (1 - self.alpha) * old + self.alpha * new
 
-    def ran(self, key: tuple[str, int], ms: float, n: int, sweep_ms: float | None) -> None:
-        """A batch of ``n`` requests of candidate ``key`` took ``ms`` of compute."""
-        self.service[key] = self._avg(self.service.get(key), ms)
+    def ran(self, ms: float, n: int, sweep_ms: float | None) -> None:
+        """A batch of ``n`` requests took ``ms`` of compute; the sweep puts one at ``sweep_ms``."""
         self.per_request = self._avg(self.per_request, ms / max(n, 1))
         if sweep_ms:
             self.ratio = self._avg(self.ratio, ms / sweep_ms)
@@ -88,20 +87,16 @@ class LatencyModel:
         self.overhead = self._avg(self.overhead, max(outside_ms, 0.0))
 
     def expected(self, o: Option, pending: int) -> dict:
-        own = self.service.get((o.student, o.steps))
-        if own is not None:
-            service, source = own, "this server"
-        else:
-            service, source = o.latency_ms * (self.ratio or 1.0), "the sweep"
-            if self.ratio is not None:
-                source += f", x{self.ratio:.2f} as measured here"
+        ratio = 1.0 if self.ratio is None else self.ratio
+        service = o.latency_ms * ratio
         wait = pending * (self.per_request if self.per_request is not None else service)
         return {
             "expected_ms": wait + service + self.overhead,
             "queue_ms": wait,
             "service_ms": service,
             "overhead_ms": self.overhead,
-            "service_from": source,
+            "sweep_ms": o.latency_ms,
+            "server_vs_sweep": ratio,
             "queued_requests": pending,
         }
 
