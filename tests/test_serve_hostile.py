@@ -425,6 +425,9 @@ def test_budget_front_and_pick():
     assert (o.student, o.steps) == ("shortcut", 1) and why["expected_ms"] == 38
     o, why = budget.pick(opts, 5, 0, model, "fid")
     assert (o.student, o.steps) == ("shortcut", 1) and "nothing" in why["reason"]
+    near = [budget.Option("a", 1, 20.0, 9.0), budget.Option("b", 1, 21.0, 6.0)]
+    o, why = budget.pick(near, 5, 0, budget.LatencyModel(), "fid")  # b: 5% slower, much better
+    assert o.student == "b" and "best of the fastest" in why["reason"]
     assert budget.front(_rows(), "fid", ["shortcut"])[-1].steps == 2  # only servable names
 
 
