@@ -90,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
 
     # distillation
+    from distill.methods import METHODS
+
     p = sub.add_parser("train", help="distill the teacher into a student with one method")
-    p.add_argument(
-        "--method", required=True, help="progressive | consistency | reflow | shortcut | finetune"
-    )
+    p.add_argument("--method", required=True, help=" | ".join(METHODS))
     p.add_argument("--teacher", default=None, help="teacher folder (default: teacher= in config)")
     _add_config(p)
     p = sub.add_parser("sample", help="grid of a student's views next to the truth")
@@ -109,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
     p.add_argument("--count", type=int, default=64, help="test objects")
     p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
-    p.add_argument("--cfg", type=float, default=1.0, help="teacher CFG scale")
+    p.add_argument(
+        "--guidance", type=float, default=1.0, help="teacher classifier-free guidance scale"
+    )
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
 
@@ -144,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
     p.add_argument("--sampler", default="euler", help="euler | heun | ddim | dpmpp")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
 
 
@@ -189,7 +191,7 @@ def run(argv: list[str] | None = None) -> int:
                 args.seed,
                 args.out,
                 args.count,
-                args.cfg,
+                args.guidance,
                 args.data_root,
             )
         else:
@@ -198,7 +200,7 @@ def run(argv: list[str] | None = None) -> int:
                 _steps(args.steps),
                 args.sampler,
                 args.count,
-                args.cfg,
+                args.guidance,
                 args.out,
                 args.data_root,
             )
@@ -235,7 +237,7 @@ def run(argv: list[str] | None = None) -> int:
             args.data_root,
             args.out,
             args.teacher,
-            args.cfg,
+            args.guidance,
         )
     elif args.cmd == "sweep":
         from distill.config import load_config

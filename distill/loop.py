@@ -111,8 +111,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
 
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+def _lr_lambda(cfg: TrainConfig, origin: list[int]) -> Callable[[int], float]:
+    """The learning-rate factor at a scheduler step; ``origin[0]`` is where it last restarted."""
+
     def f(step: int) -> float:
+        step -= origin[0]
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         if cfg.schedule == "cosine":
@@ -177,7 +180,9 @@ def train(
     ``step_fn(model, micro_step, generator)`` returns named loss terms including ``loss``
     (what is optimised). ``extra_state`` maps names to objects with ``state_dict`` /
     ``load_state_dict`` that must survive a resume (e.g. a method's target network).
-    ``on_step(step, model)`` runs after each update (e.g. a method's round switch).
+    ``on_step(step, model)`` runs after each update (e.g. a method's round switch); when it
+    returns True the optimizer state is dropped and the learning-rate schedule (warm-up
+    included) starts again from the next update.
     Returns the trained model, its EMA and a summary.
     """
     run_dir = Path(run_dir)
@@ -204,7 +209,9 @@ def train(
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    origin = [0]  # scheduler step of the last restart
+    lr_factor = _lr_lambda(cfg, origin)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model, opt, sched = acc.prepare(model, opt, sched)
     raw = acc.unwrap_model(model)
     ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
@@ -227,6 +234,7 @@ def train(
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         start = state["step"]
+        origin[0] = state.get("lr_origin", 0)
         print(f"resuming {run_dir} from step {start} ({last.name})", flush=True)
     if acc.is_main_process and log_with:
         acc.init_trackers("logs")
@@ -243,6 +251,7 @@ def train(
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "ema_updates": ema.updates if ema is not None else 0,
+            "lr_origin": origin[0],
             "extra": {k: v.state_dict() for k, v in extra_state.items()},
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -288,8 +297,8 @@ def train(
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
         if ema is not None:
             ema.update(raw)
-        if on_step is not None:
-            on_step(step + 1, raw)
+        if on_step is not None and on_step(step + 1, raw):
+            _restart(opt, sched, origin, lr_factor)
         last_terms = sums
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
@@ -327,6 +336,17 @@ def train(
     }
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return raw, ema, summary
+
+
+def _restart(opt, sched, origin: list[int], lr_factor) -> None:
+    """A fresh optimizer state and learning-rate schedule from the next update on."""
+    inner = getattr(opt, "optimizer", opt)  # accelerate wraps both
+    inner.state.clear()
+    raw_sched = getattr(sched, "scheduler", sched)
+    origin[0] = raw_sched.last_epoch
+    for group, base in zip(inner.param_groups, raw_sched.base_lrs):
+        group["lr"] = base * lr_factor(raw_sched.last_epoch)
+    raw_sched._last_lr = [g["lr"] for g in inner.param_groups]
 
 
 def start_from(model: nn.Module, start: nn.Module, name: str, key: str) -> None:

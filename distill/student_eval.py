@@ -16,7 +16,11 @@ REFERENCE_STEPS = 50
 
 
 def record_metrics(
-    folder: str | Path, count: int, data_root: str, teacher_cfg: float = 1.0, max_steps: int = 8
+    folder: str | Path,
+    count: int,
+    data_root: str,
+    teacher_guidance: float = 1.0,
+    max_steps: int = 8,
 ) -> dict:
     """Measure a student at its step counts (up to ``max_steps``) on ``count`` test objects and
     write the figures into its student.json."""
@@ -32,7 +36,7 @@ def record_metrics(
     )
     cond, gt, seeds = test_objects(data_root, count, student.info.image_size, world)
     ref = teacher_reference(
-        load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, cfg_scale=teacher_cfg
+        load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance
     )
     del teacher
     steps = [s for s in card["steps"] if s <= max_steps]
@@ -61,17 +65,17 @@ def compare(
     data_root: str,
     out: str,
     teacher_dir: str = "shipped/teacher",
-    teacher_cfg: float = 1.0,
+    teacher_guidance: float = 1.0,
     sampler: str = "euler",
 ) -> list[dict]:
     """Evidence table: each student vs the teacher at the same steps and the teacher at 50."""
     teacher = load_teacher(teacher_dir)
     cond, gt, seeds = test_objects(data_root, count, teacher.info.image_size)
-    ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_cfg)
+    ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_guidance)
     models = {"teacher": teacher}
     for s in students:
         models[Path(s).name] = load_student(s, teacher=teacher)
-    rows = compare_rows(models, cond, gt, seeds, steps_list, ref, sampler, teacher_cfg)
+    rows = compare_rows(models, cond, gt, seeds, steps_list, ref, sampler, teacher_guidance)
     table = compare_table(rows)
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)

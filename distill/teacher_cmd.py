@@ -102,7 +102,7 @@ def sample_teacher(
     seed: int,
     out: str,
     count: int,
-    cfg_scale: float,
+    guidance: float,
     data_root: str,
 ) -> Path:
     """Grid of generated views next to the truth for the first ``count`` test objects."""
@@ -113,10 +113,10 @@ def sample_teacher(
     model = load_teacher(teacher_dir)
     cond, gt, _ = test_objects(data_root, count, model.info.image_size)
     views, nfe = sample_views(
-        model, cond, steps, [seed + i for i in range(count)], sampler, cfg_scale
+        model, cond, steps, [seed + i for i in range(count)], sampler, guidance
     )
     return generated_sheet(
-        cond, gt, views, "generated", out, f"{sampler}, {steps} steps, NFE {nfe}, cfg {cfg_scale}"
+        cond, gt, views, "generated", out, f"{sampler}, {steps} steps, NFE {nfe}, cfg {guidance}"
     )
 
 
@@ -125,7 +125,7 @@ def eval_teacher(
     steps_list: list[int],
     sampler: str,
     count: int,
-    cfg_scale: float,
+    guidance: float,
     out_dir: str,
     data_root: str,
     encoder_dir: str = "shipped/encoder",
@@ -143,7 +143,7 @@ def eval_teacher(
 
         encoder = FeatureEncoder.load(encoder_dir)
     rows, views = step_quality(
-        model, cond, gt, seeds, steps_list, sampler, cfg_scale, encoder=encoder
+        model, cond, gt, seeds, steps_list, sampler, guidance, encoder=encoder
     )
     out = Path(out_dir)
     table = quality_table(rows)
@@ -154,7 +154,7 @@ def eval_teacher(
         gt,
         views,
         out / "steps_grid.png",
-        title=f"teacher, {sampler}, cfg {cfg_scale}: same objects and noise per row",
+        title=f"teacher, {sampler}, cfg {guidance}: same objects and noise per row",
     )
     print(table)
     print(f"wrote {out / 'quality.json'} and {out / 'steps_grid.png'}")

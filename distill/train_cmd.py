@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
@@ -11,7 +14,7 @@ import torch
 from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.loop import TrainConfig, train
 from distill.methods import get_method
-from distill.methods.base import Context, regression_loss
+from distill.methods.base import Context, CountingTeacher, regression_loss
 from samplers.paths import convert, get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig
@@ -24,7 +27,7 @@ class DistillCommon:
     run_dir: str = ""  # default runs/students/<method>
     out: str = ""  # student folder; default <run_dir>/student
     teacher: str = "shipped/teacher"  # teacher folder
-    teacher_cfg: float = 1.0  # CFG scale of teacher evaluations (distilled into the student)
+    teacher_guidance: float = 1.0  # CFG scale of teacher evaluations (distilled into the student)
     data: DataSpec = field(default_factory=DataSpec)
     world: WorldConfig = field(default_factory=WorldConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -41,13 +44,50 @@ def schema(method_cls) -> type:
     )
 
 
+class Cost:
+    """The run's measured training cost, carried through checkpoints so resumes add up."""
+
+    def __init__(self, teacher: CountingTeacher, prepare_s: float, passes_per_update: int):
+        self.teacher, self.prepare_s, self.per_update = teacher, prepare_s, passes_per_update
+        self.updates = 0
+
+    def count(self, step: int, _model) -> None:
+        self.updates = step
+
+    def state_dict(self) -> dict:
+        return {"teacher_nfe": self.teacher.nfe, "prepare_s": self.prepare_s}
+
+    def load_state_dict(self, sd: dict) -> None:  # earlier runs' cost plus this run's so far
+        self.teacher.nfe += sd["teacher_nfe"]
+        self.prepare_s += sd["prepare_s"]
+
+    def record(self, train_s: float) -> dict:
+        return {
+            "wall_s": round(self.prepare_s + train_s, 3),
+            "prepare_s": round(self.prepare_s, 3),
+            "train_s": round(train_s, 3),
+            "teacher_nfe": self.teacher.nfe,
+            "student_passes": self.updates * self.per_update,
+            "updates": self.updates,
+            "machine": machine(),
+        }
+
+
+def machine() -> str:
+    """Where a cost was measured, in words."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+
+
 def train_student(method: str, args: list[str], teacher_dir: str | None = None) -> Path:
+    t_prepare = time.perf_counter()
     mcls = get_method(method)
     cfg = load_config(schema(mcls), args)
     if teacher_dir:
         cfg.teacher = teacher_dir
     run_dir = Path(cfg.run_dir or f"runs/students/{method}")
-    teacher = load_teacher(cfg.teacher).requires_grad_(False)
+    teacher = CountingTeacher(load_teacher(cfg.teacher).requires_grad_(False))
     if cfg.world.image_size != teacher.info.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but the teacher makes "
@@ -59,17 +99,23 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         teacher=teacher,
         path=get_path(teacher.path_name),
         prediction=teacher.prediction,
-        teacher_cfg=cfg.teacher_cfg,
+        teacher_guidance=cfg.teacher_guidance,
         data=ds,
         run_dir=run_dir,
         batch_size=cfg.train.batch_size,
         total_steps=cfg.train.steps,
+        train_count=cfg.data.train_count,
+        ema_decay=cfg.train.ema_decay,
+        ema_warmup=cfg.train.ema_warmup,
     )
     m = mcls(cfg.method, ctx)
     scfg, spath, spred = m.student_setup(StudentConfig(**asdict(cfg.student)))
     torch.manual_seed(cfg.train.seed)
-    student = Student(teacher, scfg, path=spath, prediction=spred)
+    student = Student(teacher.inner, scfg, path=spath, prediction=spred)
     m.prepare(student)
+    cost = Cost(
+        teacher, time.perf_counter() - t_prepare, cfg.train.batch_size * cfg.train.grad_accum
+    )
     s_path = get_path(student.path_name)
 
     def step_fn(model, step, gen):
@@ -84,15 +130,19 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
             out = convert(s_path, out, tg.x_t, tg.t, model.prediction, "velocity")
         return regression_loss(out, tg)
 
+    def on_step(step, model):
+        cost.count(step, model)
+        return m.on_step(step, model)
+
     t0 = time.perf_counter()
     student, ema, summary = train(
         run_dir,
         cfg.train,
         student,
         step_fn,
-        extra_state={"method": m},
+        extra_state={"method": m, "cost": cost},
         desc=method,
-        on_step=m.on_step,
+        on_step=on_step,
     )
     if ema is not None:
         ema.copy_to(student)
@@ -108,15 +158,23 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         steps=m.steps(),
         guidance_scale=m.guidance_scale(),
         train_config=to_dict(cfg),
+        train_cost=cost.record(seconds),
+        method_info=m.card(),
     )
     card.train_config["train_seconds"] = round(seconds, 1)
+    (run_dir / "train_cost.json").write_text(json.dumps(card.train_cost, indent=2))
     out = Path(cfg.out or run_dir / "student")
     save_student(student, out, card, stages=m.stages())
     if cfg.eval_count > 0:
         from distill.student_eval import record_metrics
 
-        record_metrics(out, cfg.eval_count, cfg.data.root, teacher_cfg=cfg.teacher_cfg)
-    print(f"student saved to {out} ({method}, steps {card.steps}, {seconds / 60:.1f} min)")
+        record_metrics(out, cfg.eval_count, cfg.data.root, teacher_guidance=cfg.teacher_guidance)
+    c = card.train_cost
+    print(
+        f"student saved to {out} ({method}, steps {card.steps}; cost {c['wall_s'] / 60:.1f} min "
+        f"wall incl. {c['prepare_s']:.0f} s preparation, {c['teacher_nfe']:,} teacher NFE, "
+        f"{c['student_passes']:,} student passes)"
+    )
     return out
 
 

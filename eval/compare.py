@@ -20,7 +20,7 @@ def compare_rows(
     steps_list: list[int],
     reference: Tensor,
     teacher_sampler: str = "euler",
-    teacher_cfg: float = 1.0,
+    teacher_guidance: float = 1.0,
     skip_unsupported: bool = True,
 ) -> list[dict]:
     """One row per (model, steps): PSNR to the truth (all views, view 0, unseen views) and to
@@ -32,7 +32,7 @@ def compare_rows(
             if isinstance(model, LoadedStudent) and steps not in model.card.steps:
                 if skip_unsupported:
                     continue
-            views, nfe = sample_views(model, cond, steps, seeds, teacher_sampler, teacher_cfg)
+            views, nfe = sample_views(model, cond, steps, seeds, teacher_sampler, teacher_guidance)
             m = view_metrics(views, gt)
             row = {"model": name, "method": method, "steps": steps, "nfe": nfe}
             for k in ("psnr_all", "psnr_v0", "psnr_unseen", "ssim_v0", "ssim_unseen"):
@@ -65,7 +65,7 @@ def teacher_reference(
     seeds: list[int],
     steps: int = 50,
     sampler: str = "euler",
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
 ) -> Tensor:
-    views, _ = sample_views(teacher, cond, steps, seeds, sampler, cfg_scale)
+    views, _ = sample_views(teacher, cond, steps, seeds, sampler, guidance)
     return views

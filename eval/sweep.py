@@ -39,7 +39,7 @@ class SweepConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 50])
     samplers: list[str] = field(default_factory=lambda: ["euler"])  # the teacher's samplers
     teacher: str = "shipped/teacher"
-    teacher_cfg: float = 1.0  # the teacher's CFG scale
+    teacher_guidance: float = 1.0  # the teacher's CFG scale
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
     data_root: str = "data/world"
@@ -136,7 +136,7 @@ class Sweep:
     # --- one cell -------------------------------------------------------------------------
     def _generate(self, model, sampler: str, steps: int, cond: Tensor, seeds: list[int]):
         return sample_views(
-            model, cond, steps, seeds, sampler, self.cfg.teacher_cfg, batch=self.cfg.batch
+            model, cond, steps, seeds, sampler, self.cfg.teacher_guidance, batch=self.cfg.batch
         )
 
     def _reconstruct(self, views: Tensor):
@@ -318,7 +318,12 @@ def _method(model) -> str:
 
 
 def _train_seconds(model) -> float:
+    """A student's whole measured training cost (preparation included: ``train_cost.wall_s``);
+    cards made before it was recorded give their loop time only."""
     if isinstance(model, LoadedStudent):
+        cost = model.card.train_cost or {}
+        if "wall_s" in cost:
+            return float(cost["wall_s"])
         return float(model.card.train_config.get("train_seconds", 0.0))
     return 0.0
 

@@ -35,7 +35,7 @@ def step_quality(
     seeds: list[int],
     steps_list: list[int],
     sampler: str,
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     batch: int = 32,
     encoder=None,
 ) -> tuple[list[dict], dict[int, Tensor]]:
@@ -44,7 +44,7 @@ def step_quality(
     rows, views = [], {}
     for steps in tqdm(steps_list, desc="step counts"):
         v, nfe = sample_views(
-            model, cond, seeds=seeds, steps=steps, sampler=sampler, cfg_scale=cfg_scale, batch=batch
+            model, cond, seeds=seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch
         )
         views[steps] = v
         m = view_metrics(v, gt)
@@ -52,7 +52,7 @@ def step_quality(
             "steps": steps,
             "nfe": nfe,
             "sampler": sampler,
-            "cfg_scale": cfg_scale,
+            "guidance": guidance,
             "objects": len(seeds),
         }
         for k, val in m.items():

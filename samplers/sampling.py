@@ -26,27 +26,27 @@ class Denoiser:
         model: Callable[..., Tensor],
         path: Path,
         prediction: str,
-        cfg_scale: float = 1.0,
+        guidance: float = 1.0,
         model_kwargs: dict | None = None,
     ):
         self.model = model
         self.path = path
         self.prediction = check_prediction(prediction)
-        self.cfg_scale = float(cfg_scale)
+        self.guidance = float(guidance)
         self.model_kwargs = model_kwargs or {}
         self.nfe = 0  # network evaluations per sample (a CFG pair counts as 2)
 
     def raw(self, x: Tensor, t: Tensor, cond: Tensor, s: Tensor | None = None) -> Tensor:
-        return cfg(self.model, x, t, cond, self.cfg_scale, s, **self.model_kwargs)
+        return guided(self.model, x, t, cond, self.guidance, s, **self.model_kwargs)
 
     def __call__(
         self, x: Tensor, t: Tensor, cond: Tensor, s: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        self.nfe += 2 if self.cfg_scale != 1.0 else 1
+        self.nfe += 2 if self.guidance != 1.0 else 1
         return to_x0_eps(self.path, self.raw(x, t, cond, s), x, t, self.prediction)
 
 
-def cfg(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | None = None, **kw):
+def guided(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | None = None, **kw):
     """Classifier-free guidance: u + scale * (c - u), with the null condition = zeros.
 
     The model is called as ``model(x, t, cond)`` or, with a second time, ``model(x, t, cond, s=s)``.
@@ -216,7 +216,7 @@ def generate(
     steps: int,
     seeds: list[int],
     sampler: str = "euler",
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     shift: float = 1.0,
     model_kwargs: dict | None = None,
     decode: bool = True,
@@ -232,7 +232,7 @@ def generate(
     if len(seeds) != cond.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} condition images")
     p = next(iter(model.parameters()))
-    den = Denoiser(model, get_path(model.path_name), model.prediction, cfg_scale, model_kwargs)
+    den = Denoiser(model, get_path(model.path_name), model.prediction, guidance, model_kwargs)
     gens = generators_for(seeds)
     x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
     x = get_sampler(sampler)(den, x, time_grid(steps, shift), cond.to(p.device, p.dtype), gens)

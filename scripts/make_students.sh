@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Trains the five default students from the shipped teacher, one after another (each resumes
-# if killed), into shipped/students/<method>. Extra arguments go to every run.
+# Trains the default students from the shipped teacher, one after another (each resumes if
+# killed): one run per recipe configs/methods/<method>.yaml, into the recipe's `out`
+# (shipped/students/<method>). Extra arguments go to every run, e.g.
+#   ./scripts/make_students.sh out=            # keep shipped/ as it is: runs/students/<m>/student
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for m in progressive consistency reflow shortcut finetune; do
-    .venv/bin/distill train --method "$m" "configs/methods/$m.yaml" "$@"
+for recipe in configs/methods/*.yaml; do
+    m=$(basename "$recipe" .yaml)
+    .venv/bin/distill train --method "$m" "$recipe" "$@"
 done

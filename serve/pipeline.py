@@ -46,10 +46,10 @@ class Pipeline:
         folder: Path,
         device: torch.device,
         sampler: str = "euler",
-        cfg_scale: float = 1.0,
+        guidance: float = 1.0,
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
-        self.device, self.sampler, self.cfg_scale = device, sampler, cfg_scale
+        self.device, self.sampler, self.guidance = device, sampler, guidance
         from scenes.world import WorldConfig, make_rig
 
         info = getattr(recon, "info", {})
@@ -118,7 +118,7 @@ class Pipeline:
             seeds = [int(s) for s in seed]
         t0 = time.perf_counter()
         views, _ = sample_views(
-            self.model, cond, steps, seeds, self.sampler, self.cfg_scale, batch=max(b, 1)
+            self.model, cond, steps, seeds, self.sampler, self.guidance, batch=max(b, 1)
         )
         t1 = time.perf_counter()
         vm = self.rig.target_viewmats.to(self.device)

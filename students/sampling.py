@@ -16,11 +16,11 @@ def sample_views(
     steps: int,
     seeds: list[int],
     sampler: str = "euler",
-    cfg_scale: float = 1.0,
+    guidance: float = 1.0,
     batch: int = 32,
 ) -> tuple[Tensor, int]:
     """Views [N, V, 3, H, W] for every condition image, in batches; and the NFE per sample.
-    Students use their own sampler (and guidance input); teachers use ``sampler``/``cfg_scale``."""
+    Students use their own sampler (and guidance input); teachers use ``sampler``/``guidance``."""
     dev = next(model.parameters()).device
     outs, nfe = [], 0
     for i in range(0, cond.shape[0], batch):
@@ -28,6 +28,6 @@ def sample_views(
         if isinstance(model, LoadedStudent):
             v, nfe = model.sample(c, steps, sd)
         else:
-            v, nfe = generate(model, c, steps, sd, sampler, cfg_scale)
+            v, nfe = generate(model, c, steps, sd, sampler, guidance)
         outs.append(v.float().cpu())
     return torch.cat(outs), nfe

@@ -235,6 +235,8 @@ class StudentCard:
     stages: dict = field(default_factory=dict)  # steps -> stage folder with its own weights
     weights: str = ""  # hash of this student's weights
     train_config: dict = field(default_factory=dict)
+    train_cost: dict = field(default_factory=dict)  # measured: wall_s, prepare_s, teacher_nfe, ...
+    method_info: dict = field(default_factory=dict)  # method facts (progressive: updates/round)
     metrics: dict = field(default_factory=dict)
     created: str = ""
 

@@ -105,3 +105,62 @@ def test_start_from_copies_weights_and_rejects_another_architecture():
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match=r"init net x has another architecture than net\.\*"):
         start_from(_Net(4), start, "init net x", "net")
+
+
+def _lin_step(model, step, gen):
+    x = torch.randn(8, 3, generator=gen)
+    return {"loss": ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()}
+
+
+def test_on_step_true_restarts_optimizer_and_warmup(tmp_path):
+    """A method's round switch (on_step -> True) starts the lr schedule again, warm-up
+    included, and drops the optimizer's moments."""
+    import csv
+
+    from distill.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    cfg = TrainConfig(steps=6, warmup=3, lr=0.1, log_every=1, ckpt_every=100, ema_decay=0.0)
+    train(tmp_path, cfg, model, _lin_step, on_step=lambda step, m: step == 3)
+    with open(tmp_path / "losses.csv") as f:
+        lr = [float(r["lr"]) for r in csv.DictReader(f)]
+    # the column is the lr of the next update: warm-up 1/3, 2/3, 1 of 0.1, then again after
+    # the restart at update 3
+    assert lr == pytest.approx([0.1 * k / 3 for k in (2, 3, 1, 2, 3, 3)])
+
+
+def test_restart_clears_optimizer_state():
+    from distill.loop import TrainConfig, _lr_lambda, _restart
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    origin = [0]
+    f = _lr_lambda(TrainConfig(warmup=4), origin)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    for _ in range(5):
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    assert opt.state[p] and opt.param_groups[0]["lr"] == 1.0
+    _restart(opt, sched, origin, f)
+    assert not opt.state and origin == [5] and opt.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_ema_module_copy_tracks_and_restores_in_place():
+    from distill.loop import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.5, warmup=False, module=True)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, w0 + 1.0)  # halfway: decay 0.5
+    sd = {k: v.clone() for k, v in ema.state_dict()["shadow"].items()}
+    ema.update(model)
+    ema.load_state_dict({"updates": 1, "shadow": sd})  # the callable copy follows
+    assert torch.allclose(ema.module.weight, w0 + 1.0) and ema.updates == 1
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="EMA decay"):
+        EMA(model, 1.0)

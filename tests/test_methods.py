@@ -1,6 +1,8 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,16 +29,17 @@ def _inputs(b=2, seed=0):
     )
 
 
-def _ctx(teacher, data_root, batch=4, steps=10):
+def _ctx(teacher, data_root, batch=4, steps=10, **kw):
     return Context(
         teacher=teacher,
         path=get_path(teacher.path_name),
         prediction=teacher.prediction,
-        teacher_cfg=1.0,
+        teacher_guidance=1.0,
         data=WorldDataset(data_root, "train"),
         run_dir=data_root / "run",
         batch_size=batch,
         total_steps=steps,
+        **kw,
     )
 
 
@@ -72,7 +75,8 @@ def test_shortcut_smallest_step_target_is_teacher_velocity(tiny_teacher_dir, tin
     student = Student(t, StudentConfig(second_time=True))
     m.prepare(student)
     tg = m.targets(student, torch.Generator().manual_seed(3))
-    assert torch.all(tg.s == 0) and tg.space == "velocity"
+    assert torch.all(tg.s == 1 / m.cfg.max_steps) and tg.space == "velocity"  # the finest level
+    assert torch.all(tg.t >= 1 / m.cfg.max_steps)
     with torch.no_grad():
         x0, eps = to_x0_eps(get_path("linear"), t(tg.x_t, tg.t, tg.cond), tg.x_t, tg.t, "velocity")
     assert torch.allclose(tg.target, velocity(get_path("linear"), x0, eps, tg.t), atol=1e-6)
@@ -90,10 +94,107 @@ def test_shortcut_bootstrap_of_constant_velocity_is_that_velocity(tiny_teacher_d
         def forward(self, x, t, cond, s=None):
             return v.expand_as(x)
 
-    m.ema = Constant()
+    m.ema = SimpleNamespace(module=Constant())
     tg = m.targets(None, torch.Generator().manual_seed(4))
     assert torch.all(tg.s >= 2 / m.cfg.max_steps) and torch.all(tg.t - tg.s >= -1e-6)
     assert torch.allclose(tg.target, v.expand_as(tg.target), atol=1e-6)
+
+
+def test_shortcut_half_steps_land_on_trained_levels(tiny_teacher_dir, tiny_data_root):
+    """Every step size the EMA student is asked for is one the student trains: the flow part's
+    1/M or a bootstrap level 2^j/M; the smallest bootstrap level's half steps are exactly 1/M."""
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("shortcut")
+    M = 8
+    m = cls(cls.Config(bootstrap_fraction=1.0, max_steps=M), _ctx(t, tiny_data_root, batch=64))
+    asked = []
+
+    class Recorder(torch.nn.Module):
+        prediction = "velocity"
+
+        def forward(self, x, t, cond, s=None):
+            asked.append(s.clone())
+            return torch.zeros_like(x)
+
+    m.ema = SimpleNamespace(module=Recorder())
+    tg = m.targets(None, torch.Generator().manual_seed(5))
+    trained = {1 / M} | {2**j / M for j in range(1, 4)}  # flow level and bootstrap levels
+    half = torch.cat(asked)
+    assert set(half.tolist()) <= trained
+    assert torch.allclose(half[tg.s[: len(tg.s)].repeat(2) == 2 / M], torch.tensor(1 / M))
+    assert (tg.s == 2 / M).any()  # the smallest bootstrap level was drawn
+
+
+def test_consistency_target_in_closed_form(tiny_teacher_dir, tiny_data_root):
+    """With a teacher that knows x0 = c exactly and an identity target network, the target is
+    the point of the true ODE at t - 1/N: alpha(t') c + sigma(t') eps."""
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("consistency")
+    N = 4
+    cfg = cls.Config(grid=N, w_min=1.0, w_max=1.0, sample_w=1.0)
+    c = torch.randn(3, 16, 16).expand(4, 4, 3, 16, 16).clone()
+
+    class Exact(torch.nn.Module):  # linear path, velocity = (x_t - x0) / t for x0 = c
+        path_name, prediction = "linear", "velocity"
+
+        def forward(self, x, tt, cond, **kw):
+            return (x - c[:1]) / tt.reshape(-1, 1, 1, 1, 1)  # every sample has x0 = c[0]
+
+    class Identity(torch.nn.Module):
+        def forward(self, x, tt, cond, **kw):
+            return x
+
+    ctx = _ctx(t, tiny_data_root)
+    ctx.teacher = Exact()
+    m = cls(cfg, ctx)
+    m.target = SimpleNamespace(module=Identity())
+    m.batch = lambda gen: {"targets": c, "cond": torch.zeros(4, 3, 16, 16)}
+    tg = m.targets(None, torch.Generator().manual_seed(6))
+    b = (-1, 1, 1, 1, 1)
+    eps = (tg.x_t - (1 - tg.t).reshape(b) * c) / tg.t.reshape(b)
+    tp = (tg.t - 1 / N).reshape(b)
+    assert torch.allclose(tg.target, (1 - tp) * c + tp * eps, atol=1e-5)
+    assert torch.all(tg.w == 1.0)
+    with pytest.raises(ValueError, match="outside the trained guidance range"):
+        cls(cls.Config(w_min=1.0, w_max=2.0, sample_w=3.0), ctx)
+
+
+def test_reflow_target_is_the_straight_line(tiny_teacher_dir, tiny_data_root):
+    """x_t on the line from x1 (t = 0) to eps (t = 1) and target eps - x1: one Euler step of
+    the target from any t lands on x1. A distilled reflow student advertises one step only."""
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("reflow")
+    m = cls(cls.Config(couplings=6, distill_steps=0), _ctx(t, tiny_data_root, batch=5))
+    g = torch.Generator().manual_seed(7)
+    m.pairs = {
+        "x1": torch.randn(6, 4, 3, 16, 16, generator=g),
+        "eps": torch.randn(6, 4, 3, 16, 16, generator=g),
+        "index": torch.arange(6),
+    }
+    tg = m.targets(None, torch.Generator().manual_seed(8))
+    x1 = tg.x_t - tg.t.reshape(-1, 1, 1, 1, 1) * tg.target  # Euler from t to 0
+    eps = x1 + tg.target
+    for k in range(5):
+        j = [i for i in range(6) if torch.allclose(m.pairs["x1"][i], x1[k], atol=1e-5)]
+        assert len(j) == 1 and torch.allclose(m.pairs["eps"][j[0]], eps[k], atol=1e-5)
+    assert m.steps() == [1, 2, 4, 8]
+    assert cls(cls.Config(distill_steps=5), m.ctx).steps() == [1]
+
+
+def test_methods_draw_only_train_count_objects(tiny_teacher_dir, tiny_data_root):
+    t = load_teacher(tiny_teacher_dir)
+    ds = WorldDataset(tiny_data_root, "train")
+    m = get_method("finetune")(get_method("finetune").Config(), _ctx(t, tiny_data_root))
+    m.ctx.train_count = 3
+    seen = set()
+    real = ds.batch
+    m.ctx.data.batch = lambda idx: seen.update(int(i) for i in idx) or real(idx)
+    for k in range(10):
+        m.batch(torch.Generator().manual_seed(k))
+    assert seen and max(seen) < 3
+    m.ctx.train_count = len(ds) + 1
+    with pytest.raises(ValueError, match="train_count"):
+        m.batch(torch.Generator().manual_seed(0))
 
 
 def test_progressive_target_makes_one_step_equal_two_teacher_steps(
@@ -226,6 +327,14 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     assert st.card.method == method and st.card.metrics["by_steps"]
     log = (tmp_path / "run" / "losses.csv").read_text()
     assert log.startswith("step,lr,elapsed_s,loss")
+    cost = json.loads((folder / "student.json").read_text())["train_cost"]
+    assert cost["wall_s"] >= cost["prepare_s"] > 0 and cost["updates"] == 2
+    assert cost["student_passes"] == 2 * 2 and cost["machine"]
+    assert (cost["teacher_nfe"] > 0) == (method != "finetune")
+    if method == "reflow":  # the couplings' 4 samples x 2 steps are part of the cost
+        assert cost["teacher_nfe"] >= 4 * 2 and st.card.steps == [1]
+    if method == "progressive":  # rounds 2 -> 1 steps, one update each, fresh optimizer
+        assert st.card.method_info == {"updates_per_round": {"1": 1, "2": 1}}
     if method == "shortcut":
         assert "bootstrap" in log.splitlines()[0] or "flow" in log.splitlines()[0]
     r = subprocess.run(

@@ -85,7 +85,7 @@ def test_cfg_combines_and_counts_nfe():
     cond = torch.ones(2, 3, 4, 4)
     x = torch.zeros(2, 1, 3, 4, 4)
     t = torch.full((2,), 0.5)
-    den = Denoiser(model, get_path("linear"), "velocity", cfg_scale=3.0)
+    den = Denoiser(model, get_path("linear"), "velocity", guidance=3.0)
     raw = den.raw(x, t, cond)
     assert torch.allclose(raw, torch.full_like(raw, 3.0))  # u=0, c=1 -> 0 + 3 * (1 - 0)
     den(x, t, cond)

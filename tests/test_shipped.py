@@ -37,7 +37,7 @@ def test_shipped_teacher_reproduces_its_quality_table(default_test_data):
     row = next(r for r in rec["rows"] if r["steps"] == 2)
     model = load_teacher(SHIPPED / "teacher")
     cond, gt, seeds = test_objects(default_test_data, row["objects"], model.info.image_size)
-    rows, _ = step_quality(model, cond, gt, seeds, [2], row["sampler"], row["cfg_scale"])
+    rows, _ = step_quality(model, cond, gt, seeds, [2], row["sampler"], row["guidance"])
     assert rows[0]["psnr_v0"] == pytest.approx(row["psnr_v0"], abs=TOL_DB)
     assert rows[0]["psnr_unseen"] == pytest.approx(row["psnr_unseen"], abs=TOL_DB)
 

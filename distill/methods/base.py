@@ -94,14 +94,43 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
 class Context:
     """What a method may use besides the student: the frozen teacher and the data."""
 
-    teacher: torch.nn.Module  # frozen, eval mode
+    teacher: torch.nn.Module  # frozen, eval mode (wrapped in a CountingTeacher by the command)
     path: Path  # the teacher's path
     prediction: str  # the teacher's parametrization
-    teacher_cfg: float  # guidance scale of teacher evaluations (distilled into the student)
-    data: object  # scenes.data.WorldDataset (train split)
+    teacher_guidance: float  # guidance scale of teacher evaluations (distilled into the student)
+    data: object  # scenes.data.WorldDataset (train split; may hold more objects than train_count)
     run_dir: object  # pathlib.Path of the run
     batch_size: int
     total_steps: int  # optimizer updates of the whole run
+    train_count: int = 0  # objects training draws from (the first ones); 0 = all in ``data``
+    ema_decay: float = 0.999  # the run's EMA (train.ema_decay): also every target network's
+    ema_warmup: bool = True  # the run's EMA warm-up (train.ema_warmup)
+
+    def objects(self) -> int:
+        """How many train objects a method may draw from."""
+        n = len(self.data)
+        if self.train_count > n:
+            raise ValueError(f"data.train_count={self.train_count} but the split has {n} objects")
+        return self.train_count or n
+
+
+class CountingTeacher(torch.nn.Module):
+    """The frozen teacher, counting network evaluations per sample (a batch of B counts B)."""
+
+    def __init__(self, teacher: torch.nn.Module):
+        super().__init__()
+        self.inner = teacher
+        self.nfe = 0
+
+    def forward(self, x, t, cond, *args, **kw):
+        self.nfe += x.shape[0]
+        return self.inner(x, t, cond, *args, **kw)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
 
 
 class Method:
@@ -125,14 +154,16 @@ class Method:
 
     def batch(self, gen: torch.Generator) -> dict[str, Tensor]:
         """A training batch of the world's train split, drawn with ``gen``."""
-        n = len(self.ctx.data)
+        n = self.ctx.objects()
         return self.ctx.data.batch(torch.randint(n, (self.ctx.batch_size,), generator=gen))
 
     def targets(self, student, gen: torch.Generator) -> Targets:
         raise NotImplementedError
 
-    def on_step(self, step: int, student) -> None:
-        """After each optimizer update (EMA targets, round switches)."""
+    def on_step(self, step: int, student) -> bool:
+        """After each optimizer update (EMA targets, round switches). True asks the loop to
+        restart the optimizer and learning-rate schedule from this update on."""
+        return False
 
     def state_dict(self) -> dict:
         return {}
@@ -148,6 +179,10 @@ class Method:
         """Extra weights per step count (progressive rounds); empty for most methods."""
         return {}
 
+    def card(self) -> dict:
+        """Extra facts for student.json (e.g. progressive's updates per round)."""
+        return {}
+
     def guidance_scale(self) -> float:
         """The w fed to guidance-conditioned students at sampling (1.0 otherwise)."""
         return 1.0
@@ -158,8 +193,8 @@ class Method:
     ) -> tuple[Tensor, Tensor]:
         """The (guided) teacher's (x0, eps) at (x, t)."""
         from samplers.paths import to_x0_eps
-        from samplers.sampling import cfg
+        from samplers.sampling import guided
 
-        s = self.ctx.teacher_cfg if scale is None else scale
-        raw = cfg(self.ctx.teacher, x, t, cond, s)
+        g = self.ctx.teacher_guidance if scale is None else scale
+        raw = guided(self.ctx.teacher, x, t, cond, g)
         return to_x0_eps(self.ctx.path, raw, x, t, self.ctx.prediction)

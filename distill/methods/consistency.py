@@ -9,11 +9,11 @@ The boundary condition (c_skip(0) = 1, c_out(0) = 0) lives in the student wrappe
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
 
+from distill.loop import EMA
 from distill.methods.base import Method, Targets
 from samplers.paths import ddim_step, interpolate
 
@@ -26,7 +26,7 @@ class ConsistencyConfig:
     huber_c: float = 0.00054  # pseudo-Huber c per sqrt(dimension) (Song & Dhariwal 2023)
     w_min: float = 1.0  # guidance scales drawn uniformly from [w_min, w_max]
     w_max: float = 3.0
-    sample_w: float = 2.0  # w fed to the student at sampling
+    sample_w: float = 2.0  # w fed to the student at sampling: must lie in [w_min, w_max]
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
 
 
@@ -35,14 +35,22 @@ class Consistency(Method):
     sampler = "consistency"
     Config = ConsistencyConfig
 
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        if not cfg.w_min <= cfg.sample_w <= cfg.w_max:
+            raise ValueError(
+                f"method.sample_w={cfg.sample_w} lies outside the trained guidance range "
+                f"[method.w_min, method.w_max] = [{cfg.w_min}, {cfg.w_max}]"
+            )
+        self.target: EMA | None = None  # made in prepare, from the student
+
     def student_setup(self, student_cfg):
         student_cfg.boundary = True
         student_cfg.guidance_input = True
         return student_cfg, None, "x0"
 
     def prepare(self, student) -> None:
-        if getattr(self, "target_net", None) is None:
-            self.target_net = copy.deepcopy(student).eval().requires_grad_(False)
+        self.target = EMA(student, self.cfg.ema_target, warmup=False, module=True)
 
     def targets(self, student, gen) -> Targets:
         b = self.batch(gen)
@@ -56,23 +64,19 @@ class Consistency(Method):
         with torch.no_grad():
             tx0, teps = self.teacher_x0_eps(x_t, t, cond, scale=w)
             x_prev = ddim_step(self.ctx.path, tx0, teps, t_prev)
-            target = self.target_net(x_prev, t_prev, cond, w=w)
+            target = self.target.module(x_prev, t_prev, cond, w=w)
         c = self.cfg.huber_c * x0[0].numel() ** 0.5
         return Targets(x_t=x_t, t=t, cond=cond, target=target, w=w, loss=self.cfg.loss, huber_c=c)
 
-    @torch.no_grad()
-    def on_step(self, step: int, student) -> None:
-        mu = self.cfg.ema_target
-        tgt = dict(self.target_net.named_parameters())
-        for name, p in student.named_parameters():
-            if p.requires_grad:
-                tgt[name].lerp_(p.detach(), 1 - mu)
+    def on_step(self, step: int, student) -> bool:
+        self.target.update(student)
+        return False
 
     def state_dict(self) -> dict:
-        return {"target": {k: v for k, v in self.target_net.state_dict().items()}}
+        return {"target": self.target.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.target_net.load_state_dict(sd["target"])
+        self.target.load_state_dict(sd["target"])
 
     def guidance_scale(self) -> float:
         return self.cfg.sample_w

@@ -3,6 +3,8 @@
 Round k trains the student to take in one DDIM step what its teacher takes in two; the first
 round's teacher is the (guided) lab teacher at ``start_steps``, each later round's teacher is
 the previous round's student, and the step count halves every round down to ``final_steps``.
+Each round starts from the previous round's student with a fresh optimizer and learning-rate
+schedule, as Salimans & Ho do (``restart_per_round: false`` keeps one optimizer for all rounds).
 Each round's weights are kept, so the student folder holds one set per step count.
 """
 
@@ -23,6 +25,7 @@ class ProgressiveConfig:
     start_steps: int = 16  # the teacher's step count; round 1 trains a start_steps/2 student
     final_steps: int = 1  # the last round's step count
     loss: str = "l2"  # l2 on the student's parametrization
+    restart_per_round: bool = True  # fresh optimizer and warm-up schedule at each round
 
 
 def two_step_target(path: Path, x_t: Tensor, t: Tensor, x_end: Tensor, t_end: Tensor):
@@ -55,6 +58,8 @@ class Progressive(Method):
         self.round = 0
         self.round_teacher = None  # None = the lab teacher (guided)
         self.saved: dict[int, dict[str, Tensor]] = {}
+        self.updates: dict[int, int] = {}  # student step count -> updates its round trained
+        self.student = None  # set in prepare: round teachers are copies of it
 
     def current_steps(self) -> int:
         return self.round_steps[self.round]
@@ -68,12 +73,10 @@ class Progressive(Method):
             x0, eps = to_x0_eps(self.ctx.path, out, x, t, self.round_teacher.prediction)
         return ddim_step(self.ctx.path, x0, eps, s)
 
+    def prepare(self, student) -> None:
+        self.student = student
+
     def targets(self, student, gen) -> Targets:
-        if getattr(self, "_pending_teacher", None) is not None:  # resumed mid-way
-            rt = copy.deepcopy(student)
-            rt.load_trainable_state(self._pending_teacher)
-            self.round_teacher = rt.eval().requires_grad_(False)
-            self._pending_teacher = None
         b = self.batch(gen)
         x0, cond = b["targets"], b["cond"]
         n = self.current_steps()
@@ -90,29 +93,38 @@ class Progressive(Method):
         target = from_x0_eps(path, x0_tg, eps_tg, t, student.prediction)
         return Targets(x_t=x_t, t=t, cond=cond, target=target, loss=self.cfg.loss)
 
-    def on_step(self, step: int, student) -> None:
+    def on_step(self, step: int, student) -> bool:
         if step % self.per_round == 0 and self.round < len(self.round_steps):
             n = self.current_steps()
             self.saved[n] = {k: v.detach().clone() for k, v in student.trainable_state().items()}
+            self.updates[n] = step - sum(self.updates.values())
             if self.round + 1 < len(self.round_steps):
                 self.round += 1
-                self._set_round_teacher(student)
+                self._set_round_teacher(self.saved[n])
                 print(
                     f"progressive: round {self.round + 1}: {n} -> {self.current_steps()} steps",
                     flush=True,
                 )
+                return self.cfg.restart_per_round
+        return False
 
-    def _set_round_teacher(self, student) -> None:
-        self.round_teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    def _set_round_teacher(self, weights: dict[str, Tensor]) -> None:
+        """The next round's teacher: a frozen copy of the student with ``weights``."""
+        rt = copy.deepcopy(self.student)
+        rt.load_trainable_state(weights)
+        self.round_teacher = rt.eval().requires_grad_(False)
 
     def state_dict(self) -> dict:
-        return {"round": self.round, "saved": self.saved}
+        return {"round": self.round, "saved": self.saved, "updates": self.updates}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.round = sd["round"]
-        self.saved = sd["saved"]
+        self.round, self.saved = sd["round"], sd["saved"]
+        self.updates = dict(sd.get("updates", {}))
         if self.round > 0:  # the round teacher is the previous round's student
-            self._pending_teacher = self.saved[self.round_steps[self.round - 1]]
+            self._set_round_teacher(self.saved[self.round_steps[self.round - 1]])
+
+    def card(self) -> dict:
+        return {"updates_per_round": {str(n): k for n, k in sorted(self.updates.items())}}
 
     def steps(self) -> list[int]:
         return sorted(self.round_steps)

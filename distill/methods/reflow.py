@@ -7,6 +7,9 @@ one-step distillation stage.
 2. Reflow: the student learns the straight path between each noise and its sample:
    x_t = (1 - t) x1 + t eps, target velocity eps - x1 (the student runs on the linear path).
 3. Distillation (the last ``distill_steps`` updates): t = 1 only, i.e. eps -> x1 in one step.
+   A distilled student is trained for one step only and advertises only that; without the
+   distillation stage it serves ``steps``.
+The couplings are part of the method's cost: they run in ``prepare``, inside the measured time.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class ReflowConfig:
     seed: int = 1234  # coupling i uses noise seed (seed + i)
     t_sampling: str = "uniform"  # uniform | logit_normal
     distill_steps: int = 0  # final updates of one-step distillation (t = 1 only)
-    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # without distillation
 
 
 def make_couplings(
@@ -43,22 +46,23 @@ def make_couplings(
     steps: int,
     batch: int,
     seed: int,
-    cfg_scale: float,
+    guidance: float,
     progress: bool = True,
+    objects: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Create (or finish) the coupling shards and return them all, in order."""
     folder.mkdir(parents=True, exist_ok=True)
-    n_obj = len(data)
+    n_obj = len(data) if objects is None else objects
     parts = []
     bar = tqdm(total=count, desc="reflow couplings", unit="pair", disable=not progress)
     for first in range(0, count, batch):
         n = min(batch, count - first)
-        path = folder / f"couplings-{first:06d}-{n:04d}-s{steps}-w{cfg_scale:g}.safetensors"
+        path = folder / f"couplings-{first:06d}-{n:04d}-s{steps}-w{guidance:g}.safetensors"
         if not path.exists():
             idx = [(first + i) % n_obj for i in range(n)]
             seeds = [seed + first + i for i in range(n)]
             cond = data.batch(idx)["cond"]
-            x1, _ = generate(teacher, cond, steps, seeds, "euler", cfg_scale, decode=False)
+            x1, _ = generate(teacher, cond, steps, seeds, "euler", guidance, decode=False)
             from samplers.sampling import generators_for, per_sample_noise
 
             eps = per_sample_noise(teacher.noise_shape(), generators_for(seeds))
@@ -102,7 +106,8 @@ class Reflow(Method):
             c.coupling_steps,
             c.coupling_batch,
             c.seed,
-            self.ctx.teacher_cfg,
+            self.ctx.teacher_guidance,
+            objects=self.ctx.objects(),
         )
 
     def targets(self, student, gen) -> Targets:
@@ -117,8 +122,12 @@ class Reflow(Method):
         x_t = lin.alpha(t).reshape(b) * x1 + lin.sigma(t).reshape(b) * eps
         return Targets(x_t=x_t, t=t, cond=cond, target=eps - x1)
 
-    def on_step(self, step: int, student) -> None:
+    def on_step(self, step: int, student) -> bool:
         self.step = step
+        return False
+
+    def steps(self) -> list[int]:
+        return [1] if self.cfg.distill_steps > 0 else list(self.cfg.steps)
 
     def state_dict(self) -> dict:
         return {"step": self.step}

@@ -1,19 +1,24 @@
 """shortcut: step-size-conditioned students (Frans et al. 2024), distillation variant.
 
-The student u(x_t, t, d) predicts the average velocity over a step of size d. At the smallest
-step (d = 0) the target is the guided teacher's velocity (``from_scratch`` uses the data's
-velocity instead); for a fraction of the batch, a step of size d in {2/M, 4/M, ..., 1} regresses
-the average of two half steps of the EMA student. Sampling with N steps uses d = 1/N.
+The student u(x_t, t, d) predicts the average velocity over a step of size d.
+1. Flow part: at the smallest step d = 1/M the target is the guided teacher's velocity
+   (``from_scratch`` uses the data's velocity instead), as the reference implementation trains
+   its flow part at the finest level.
+2. Bootstrap part (a fraction of the batch): a step of size d in {2/M, 4/M, ..., 1} regresses
+   the average of two half steps of size d/2 of the EMA student; the half steps of the
+   smallest bootstrap level (d/2 = 1/M) land on the level the flow part trains.
+The EMA student is the run's EMA (``train.ema_decay``), kept as a callable copy. Sampling with
+N steps uses d = 1/N.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import torch
 
+from distill.loop import EMA
 from distill.methods.base import Method, Targets, sample_t
 from samplers.paths import convert, from_x0_eps, interpolate
 
@@ -23,8 +28,7 @@ class ShortcutConfig:
     max_steps: int = 128  # M: the smallest step is 1/M (a power of two)
     bootstrap_fraction: float = 0.25  # share of the batch with self-consistency targets
     from_scratch: bool = False  # flow targets from the data instead of the teacher
-    ema_decay: float = 0.999  # EMA student that makes the bootstrap targets
-    t_sampling: str = "uniform"  # times of the flow (d = 0) part
+    t_sampling: str = "uniform"  # times of the flow (d = 1/M) part
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
 
 
@@ -37,14 +41,19 @@ class Shortcut(Method):
         super().__init__(cfg, ctx)
         if cfg.max_steps < 2 or cfg.max_steps & (cfg.max_steps - 1):
             raise ValueError(f"method.max_steps must be a power of two >= 2, got {cfg.max_steps}")
+        if not 0 < ctx.ema_decay < 1:
+            raise ValueError(
+                "shortcut needs train.ema_decay in (0, 1): its bootstrap targets come from the "
+                f"EMA student (got {ctx.ema_decay})"
+            )
+        self.ema: EMA | None = None  # made in prepare, from the student
 
     def student_setup(self, student_cfg):
         student_cfg.second_time = True
         return student_cfg, None, None
 
     def prepare(self, student) -> None:
-        if getattr(self, "ema", None) is None:
-            self.ema = copy.deepcopy(student).eval().requires_grad_(False)
+        self.ema = EMA(student, self.ctx.ema_decay, self.ctx.ema_warmup, module=True)
 
     def _velocity(self, model, x, t, cond, d):
         out = model(x, t, cond, s=d)
@@ -63,18 +72,19 @@ class Shortcut(Method):
         d = (2.0**j) / M
         k = torch.floor(torch.rand(nb, generator=gen) * (1.0 / d)) + 1  # t = k d in (0, 1]
         t_b = (k * d).clamp(max=1.0)
-        # 2. flow part: d = 0, any t
-        t_f = sample_t(nf, gen, self.cfg.t_sampling, lo=1e-3, hi=1.0)
+        # 2. flow part: the smallest step d = 1/M, any t >= d
+        t_f = sample_t(nf, gen, self.cfg.t_sampling, lo=1.0 / M, hi=1.0)
         t = torch.cat([t_b, t_f])
-        s = torch.cat([d, torch.zeros(nf)])
+        s = torch.cat([d, torch.full((nf,), 1.0 / M)])
         x_t = interpolate(path, x0, eps, t)
         with torch.no_grad():
             target = torch.empty_like(x0)
             if nb:
                 xb, cb, half = x_t[:nb], cond[:nb], d / 2
-                v1 = self._velocity(self.ema, xb, t_b, cb, half)
+                ema = self.ema.module
+                v1 = self._velocity(ema, xb, t_b, cb, half)
                 x_mid = xb - half.reshape(-1, 1, 1, 1, 1) * v1
-                v2 = self._velocity(self.ema, x_mid, t_b - half, cb, half)
+                v2 = self._velocity(ema, x_mid, t_b - half, cb, half)
                 target[:nb] = 0.5 * (v1 + v2)
             if nf:
                 xf, cf = x_t[nb:], cond[nb:]
@@ -86,15 +96,12 @@ class Shortcut(Method):
         groups = {"bootstrap": torch.arange(bs) < nb, "flow": torch.arange(bs) >= nb}
         return Targets(x_t=x_t, t=t, cond=cond, target=target, s=s, groups=groups, space="velocity")
 
-    @torch.no_grad()
-    def on_step(self, step: int, student) -> None:
-        ema = dict(self.ema.named_parameters())
-        for name, p in student.named_parameters():
-            if p.requires_grad:
-                ema[name].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+    def on_step(self, step: int, student) -> bool:
+        self.ema.update(student)
+        return False
 
     def state_dict(self) -> dict:
-        return {"ema": {k: v for k, v in self.ema.state_dict().items()}}
+        return {"ema": self.ema.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
         self.ema.load_state_dict(sd["ema"])
