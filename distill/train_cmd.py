@@ -126,8 +126,8 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         if tg.w is not None:
             kw["w"] = tg.w
         out = model(tg.x_t, tg.t, tg.cond, **kw)
-        if tg.space == "velocity":
-            out = convert(s_path, out, tg.x_t, tg.t, model.prediction, "velocity")
+        if tg.space != "raw":  # the target's parametrization (velocity, x0)
+            out = convert(s_path, out, tg.x_t, tg.t, model.prediction, tg.space)
         return regression_loss(out, tg)
 
     def on_step(step, model):

@@ -55,8 +55,8 @@ def guided(model, x: Tensor, t: Tensor, cond: Tensor, scale: float, s: Tensor | 
     def call(x, t, cond, s, kw):
         return model(x, t, cond, **kw) if s is None else model(x, t, cond, s=s, **kw)
 
-    if not torch.is_tensor(scale) and scale == 1.0:
-        return call(x, t, cond, s, kw)
+    if bool((scale == 1.0).all()) if torch.is_tensor(scale) else scale == 1.0:
+        return call(x, t, cond, s, kw)  # unguided: no null-condition pass
     both = call(
         torch.cat([x, x]),
         torch.cat([t, t]),
@@ -166,16 +166,28 @@ def sample_consistency(den, x, ts, cond, generators=None, callback=None):
     return x
 
 
-def sample_shortcut(den, x, ts, cond, generators=None, callback=None):
-    """Shortcut-model sampling (Frans et al. 2024): each step is conditioned on its own size
-    d = t - s and moves by d along the predicted average velocity: x_s = x_t - d u(x_t, t, d)."""
+def _average_velocity_steps(den, x, ts, cond, second, callback):
+    """Steps of a flow-map model: from t to the next time r, move by the model's average
+    velocity over [r, t]; ``second(t, r)`` is the model's second time input."""
     for i in range(len(ts) - 1):
-        t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
-        x0, eps = den(x, t, cond, t - s)
+        t, r = _bt(ts[i], x), _bt(ts[i + 1], x)
+        x0, eps = den(x, t, cond, second(t, r))
         x = x + (ts[i + 1] - ts[i]).item() * velocity(den.path, x0, eps, t)
         if callback:
             callback(i, x, x0)
     return x
+
+
+def sample_shortcut(den, x, ts, cond, generators=None, callback=None):
+    """Shortcut-model sampling (Frans et al. 2024): each step is conditioned on its own size
+    d = t - s and moves by d along the predicted average velocity: x_s = x_t - d u(x_t, t, d)."""
+    return _average_velocity_steps(den, x, ts, cond, lambda t, r: t - r, callback)
+
+
+def sample_meanflow(den, x, ts, cond, generators=None, callback=None):
+    """MeanFlow sampling (Geng et al. 2025): the model's second time input is the step's end r,
+    and x_r = x_t - (t - r) u(x_t, r, t)."""
+    return _average_velocity_steps(den, x, ts, cond, lambda t, r: r, callback)
 
 
 SAMPLERS: dict[str, Callable] = {
@@ -185,6 +197,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp": sample_dpmpp_2m,
     "consistency": sample_consistency,
     "shortcut": sample_shortcut,
+    "meanflow": sample_meanflow,
 }
 
 

@@ -124,15 +124,8 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
             i = k
             while not stop.is_set():
                 j = i % len(images)
-                t0 = time.perf_counter()
                 try:
-                    r = c.post(
-                        f"{base}/v1/generate",
-                        content=png_bytes(images[j]),
-                        params={"seed": seeds[j], "steps": args.steps},
-                        headers={"content-type": "image/png"},
-                    )
-                    ms = (time.perf_counter() - t0) * 1000
+                    r, ms = post_image(c, base, images[j], {"seed": seeds[j], "steps": args.steps})
                     if r.status_code != 200:
                         with lock:
                             failures.append(f"{r.status_code}: {r.text[:200]}")
@@ -166,14 +159,7 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
     threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
     if swap:
         threads.append(threading.Thread(target=swapper))
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(args.seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed = run_for(threads, args.seconds, stop)
     metrics = httpx.get(f"{base}/metrics").text
     proc.terminate()
     proc.wait(timeout=30)
@@ -192,6 +178,30 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
         "batched_requests": _metric(metrics, "distill_batched_requests_total"),
         "batches": _metric(metrics, "distill_batches_total"),
     }
+
+
+def post_image(c: httpx.Client, base: str, image, params: dict) -> tuple[httpx.Response, float]:
+    """POST one condition image as PNG; the response and its latency in ms."""
+    t0 = time.perf_counter()
+    r = c.post(
+        f"{base}/v1/generate",
+        content=png_bytes(image),
+        params=params,
+        headers={"content-type": "image/png"},
+    )
+    return r, (time.perf_counter() - t0) * 1000
+
+
+def run_for(threads: list[threading.Thread], seconds: float, stop: threading.Event) -> float:
+    """Start the threads, stop them after ``seconds``; the elapsed wall time."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
 
 
 def budget_phase(args, images, seeds) -> dict:
@@ -217,14 +227,8 @@ def budget_phase(args, images, seeds) -> dict:
                     i = k
                     while not stop.is_set():
                         j = i % len(images)
-                        t0 = time.perf_counter()
-                        r = c.post(
-                            f"{base}/v1/generate",
-                            content=png_bytes(images[j]),
-                            params={"seed": seeds[j], "latency_ms": args.budget_ms},
-                            headers={"content-type": "image/png"},
-                        )
-                        ms = (time.perf_counter() - t0) * 1000
+                        params = {"seed": seeds[j], "latency_ms": args.budget_ms}
+                        r, ms = post_image(c, base, images[j], params)
                         with lock:
                             if r.status_code != 200:
                                 failures.append(f"{r.status_code}: {r.text[:200]}")
@@ -235,14 +239,7 @@ def budget_phase(args, images, seeds) -> dict:
                         i += n
 
             threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            time.sleep(args.budget_seconds)
-            stop.set()
-            for t in threads:
-                t.join()
-            elapsed = time.perf_counter() - t0
+            elapsed = run_for(threads, args.budget_seconds, stop)
             lat.sort()
             mix: dict[str, int] = {}
             for st, k in served:

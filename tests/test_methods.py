@@ -282,7 +282,7 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
 
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="valid methods: " + ", ".join(METHODS)):
-        get_method("dmd2")
+        get_method("no-such-method")
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -298,6 +298,15 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
         "shortcut": ["method.max_steps=8"],
         "consistency": ["method.grid=4"],
         "finetune": [],
+        "meanflow": ["method.r_fraction=0.5"],
+        "dmd2": [
+            "method.fake_updates=1",
+            "method.fake_lora_rank=4",
+            "method.generator_steps=2",
+            "method.regression_fraction=0.5",
+            "method.couplings=2",
+            "method.coupling_steps=2",
+        ],
     }[method]
     args = [
         sys.executable,
@@ -331,6 +340,8 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     assert cost["wall_s"] >= cost["prepare_s"] > 0 and cost["updates"] == 2
     assert cost["student_passes"] == 2 * 2 and cost["machine"]
     assert (cost["teacher_nfe"] > 0) == (method != "finetune")
+    if method == "dmd2":
+        assert st.card.steps == [1, 2] and "regression" in log.splitlines()[0]
     if method == "reflow":  # the couplings' 4 samples x 2 steps are part of the cost
         assert cost["teacher_nfe"] >= 4 * 2 and st.card.steps == [1]
     if method == "progressive":  # rounds 2 -> 1 steps, one update each, fresh optimizer
@@ -361,3 +372,160 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "g.png").exists()
+
+
+class _Field(torch.nn.Module):
+    """A model u(z, r, t) given by a function, sampled like a student (linear path, velocity)."""
+
+    path_name, prediction = "linear", "velocity"
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z, t, cond, s=None, **kw):
+        r = None if s is None else s.reshape(-1, 1, 1, 1, 1)  # a teacher is called without s
+        return self.fn(z, t.reshape(-1, 1, 1, 1, 1), r)
+
+
+def _meanflow(tiny_teacher_dir, tiny_data_root, **cfg):
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("meanflow")
+    return cls(cls.Config(**cfg), _ctx(t, tiny_data_root))
+
+
+def test_meanflow_target_on_an_exactly_linear_flow_is_the_average_velocity(
+    tiny_teacher_dir, tiny_data_root
+):
+    """One data point c: every path z_t = (1 - t) c + t eps is straight, so the average velocity
+    over any [r, t] is (z_t - c) / t. A student equal to it is the target's fixed point, for
+    r < t as for r = t, with the teacher's velocity and with the data's."""
+    c = torch.randn(3, 16, 16).expand(4, 4, 3, 16, 16).clone()
+    exact = _Field(lambda z, t, r: (z - c[:1]) / t)
+    for from_data in (False, True):
+        m = _meanflow(tiny_teacher_dir, tiny_data_root, r_fraction=1.0, from_data=from_data)
+        m.ctx.teacher = exact  # the teacher's instantaneous velocity is the same field
+        m.batch = lambda gen: {"targets": c, "cond": torch.zeros(4, 3, 16, 16)}
+        tg = m.targets(exact, torch.Generator().manual_seed(9))
+        assert torch.all(tg.s < tg.t) and tg.space == "velocity"
+        truth = (tg.x_t - c) / tg.t.reshape(-1, 1, 1, 1, 1)
+        assert torch.allclose(tg.target, truth, atol=1e-4)
+
+
+def test_meanflow_total_derivative_in_closed_form(tiny_teacher_dir, tiny_data_root):
+    """u = t^2 z + r: du/dt along v (r fixed) = 2 t z + t^2 v; target v - (t - r) du/dt."""
+    m = _meanflow(tiny_teacher_dir, tiny_data_root)
+    g = torch.Generator().manual_seed(10)
+    z, v = torch.randn(3, 4, 3, 16, 16, generator=g), torch.randn(3, 4, 3, 16, 16, generator=g)
+    t, r = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.5, 0.0])
+    model = _Field(lambda z, t, r: t * t * z + r)
+    b = (-1, 1, 1, 1, 1)
+    dudt = m.total_derivative(model, z, t, r, torch.zeros(3, 3, 16, 16), v)
+    tb, rb = t.reshape(b), r.reshape(b)
+    assert torch.allclose(dudt, 2 * tb * z + tb * tb * v, atol=1e-5)
+    from distill.methods.meanflow import meanflow_target
+
+    tgt = meanflow_target(v, dudt, t, r)
+    assert torch.allclose(tgt, v - (tb - rb) * (2 * tb * z + tb * tb * v), atol=1e-5)
+    assert torch.equal(tgt[1], v[1])  # r = t: the instantaneous velocity
+
+
+def test_meanflow_jvp_runs_through_the_unet_with_attention(tiny_teacher_dir, tiny_data_root):
+    """The JVP goes through the real student (LoRA UNet, attention at 8x8) and agrees with a
+    central difference along z."""
+    t = load_teacher(tiny_teacher_dir)
+    m = _meanflow(tiny_teacher_dir, tiny_data_root)
+    s = Student(t, StudentConfig(second_time=True, lora_rank=4))
+    with torch.no_grad():
+        for p in s.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    z, tt, c = _inputs()
+    r, v = tt * 0.5, torch.randn_like(z)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        _, du = torch.func.jvp(
+            lambda z_: m.average_velocity(s, z_, tt, r, c), (z,), (v,)
+        )  # z direction only: the t direction is checked in closed form above
+        h = 1e-2
+        fd = (
+            m.average_velocity(s, z + h * v, tt, r, c) - m.average_velocity(s, z - h * v, tt, r, c)
+        ) / (2 * h)
+    assert (du - fd).abs().max() < 1e-2 * du.abs().max()
+    full = m.total_derivative(s, z, tt, r, c, v)
+    assert full.shape == z.shape and torch.isfinite(full).all()
+
+
+def test_meanflow_sampler_one_step_of_the_exact_average_velocity_lands_on_the_data():
+    from samplers.sampling import generate
+
+    c = torch.randn(4, 3, 8, 8)
+
+    class Exact(_Field):
+        def __init__(self):
+            super().__init__(lambda z, t, r: (z - c) / t)
+            self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+        def noise_shape(self):
+            return (4, 3, 8, 8)
+
+        def decode(self, x):
+            return x
+
+    for steps in (1, 3):
+        x, nfe = generate(Exact(), torch.zeros(2, 3, 8, 8), steps, [0, 1], "meanflow")
+        assert nfe == steps and torch.allclose(x, c.expand_as(x), atol=1e-5)
+
+
+def _gaussian_x0(x_t, t, mu, sd):
+    """E[x0 | x_t] for x0 ~ N(mu, sd^2) per dimension on the linear path (closed form)."""
+    a, sig = 1 - t, t
+    return mu + a * sd**2 / (a * a * sd**2 + sig * sig) * (x_t - a * mu)
+
+
+def test_dmd2_gradient_on_gaussians():
+    """Real score of data N(0, 1), fake score of the generator's N(mu, sd^2): the DM gradient
+    vanishes when the two match and pushes the samples toward the data when they do not."""
+    from distill.methods.dmd2 import dm_gradient
+
+    g = torch.Generator().manual_seed(11)
+    n, t = 4096, 0.5
+    eps = torch.randn(n, 8, generator=g)
+    z = torch.randn(n, 8, generator=g)
+    for mu, sd in [(0.0, 1.0), (1.5, 1.0), (0.0, 2.0)]:
+        x_hat = mu + sd * z
+        x_t = (1 - t) * x_hat + t * eps
+        real = _gaussian_x0(x_t, t, 0.0, 1.0)
+        fake = _gaussian_x0(x_t, t, mu, sd)
+        grad = dm_gradient(x_hat, real, fake)
+        if (mu, sd) == (0.0, 1.0):
+            assert torch.equal(grad, torch.zeros_like(grad))
+            continue
+        moved = x_hat - 0.1 * grad  # a step of the generator's regression
+        if mu:  # too far right: the mean moves left, toward the data's 0
+            assert moved.mean() < x_hat.mean() - 0.01
+        else:  # too wide: the spread shrinks toward the data's 1
+            assert moved.std() < x_hat.std() - 0.01
+
+
+def test_dmd2_backward_simulation_and_steps(tiny_teacher_dir, tiny_data_root):
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("dmd2")
+    m = cls(cls.Config(generator_steps=4, fake_lora_rank=4), _ctx(t, tiny_data_root))
+    assert m.steps() == [1, 2, 4]
+    student = Student(t, StudentConfig())
+    m.prepare(student)
+    seen = set()
+    for k in range(12):
+        b = m.batch(torch.Generator().manual_seed(k))
+        x, tt = m.generate_inputs(student, b["cond"], torch.Generator().manual_seed(k))
+        assert x.shape[1:] == student.noise_shape() and torch.all(tt == tt[0])
+        seen.add(round(float(tt[0]), 4))
+    assert seen == {1.0, 0.75, 0.5, 0.25}
+    before = {k: v.clone() for k, v in m.fake.trainable_state().items()}
+    tg = m.targets(student, torch.Generator().manual_seed(3))
+    assert tg.space == "x0" and tg.target.shape == tg.x_t.shape
+    after = m.fake.trainable_state()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the fake score trained
+    assert cls(cls.Config(), m.ctx).steps() == [1]

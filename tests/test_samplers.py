@@ -122,3 +122,21 @@ def test_to_x0_eps_used_by_denoiser():
     x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
     a, b = to_x0_eps(path, v, x_t, t, "velocity")
     assert torch.allclose(a, x0, atol=1e-6) and torch.allclose(b, eps, atol=1e-6)
+
+
+def test_guided_with_unit_scales_makes_no_null_condition_pass():
+    from samplers.sampling import guided
+
+    calls = []
+
+    def model(x, t, cond):
+        calls.append(x.shape[0])
+        return x + cond  # cond [B, 1]: 1 conditioned, 0 for the null condition
+
+    x, t, c = torch.randn(3, 2), torch.rand(3), torch.ones(3, 1)
+    a = guided(model, x, t, c, torch.ones(3))
+    assert calls == [3] and torch.equal(a, model(x, t, c))
+    calls.clear()
+    b = guided(model, x, t, c, torch.tensor([1.0, 2.0, 1.0]))
+    assert calls == [6]  # one conditional and one null-condition pass per sample
+    assert torch.allclose(b, x + torch.tensor([[1.0], [2.0], [1.0]]))  # u + w (c - u), c = u + 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from distill.methods.base import Method
 from distill.methods.consistency import Consistency
+from distill.methods.dmd2 import DMD2
 from distill.methods.finetune import Finetune
+from distill.methods.meanflow import MeanFlow
 from distill.methods.progressive import Progressive
 from distill.methods.reflow import Reflow
 from distill.methods.shortcut import Shortcut
@@ -14,6 +16,8 @@ METHODS: dict[str, type[Method]] = {
     "consistency": Consistency,
     "reflow": Reflow,
     "shortcut": Shortcut,
+    "meanflow": MeanFlow,
+    "dmd2": DMD2,
     "finetune": Finetune,
 }
 

@@ -25,7 +25,7 @@ class Targets:
     groups: dict[str, Tensor] | None = None  # term name -> bool mask [B] (logged separately)
     loss: str = "l2"  # l2 | pseudo_huber
     huber_c: float = 0.0  # pseudo-Huber constant c (absolute, on the whole sample vector)
-    space: str = "raw"  # raw: the student's own parametrization; velocity: converted to dx/dt
+    space: str = "raw"  # raw: the student's own parametrization; else converted (velocity, x0)
 
 
 def sample_t(n: int, gen: torch.Generator, kind: str, lo: float = 0.0, hi: float = 1.0) -> Tensor:

@@ -1,0 +1,175 @@
+"""dmd2: distribution matching distillation (Yin et al. 2024, "Improved Distribution Matching
+Distillation for Fast Image Synthesis").
+
+The student is a generator x_hat = G(x_t, t) (its x0 estimate). A fake-score network, started
+from the teacher (full copy or LoRA), tracks the distribution of the generator's outputs with
+the teacher's own denoising objective and is updated ``fake_updates`` times per generator update
+(the two time-scale rule). The generator follows the difference of the two scores:
+1. Fake-score updates: generator samples (no gradient), noised at t ~ U[t_min, t_max], regress
+   the teacher's parametrization of (sample, noise).
+2. The generator's sample: one step from pure noise, or (``generator_steps`` > 1, backward
+   simulation) the generator's own k-step chain from noise to t_k, k drawn per batch, and its
+   x0 estimate there.
+3. Distribution matching: noise x_hat to x_t, take the guided teacher's x0 estimate (real) and
+   the fake network's (fake); grad = (fake - real) / mean|x_hat - real| per sample.
+4. Target x_hat - grad (a constant): the regression's gradient at x_hat is grad, as DMD's
+   0.5 ||x_hat - sg(x_hat - grad)||^2. A ``regression_fraction`` of the batch instead regresses
+   the teacher's ODE sample from the same noise (DMD's regression loss, on cached couplings).
+No GAN head here (DMD2's optional one; not implemented).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from distill.methods.base import Method, Targets
+from samplers.paths import convert, from_x0_eps, get_path, interpolate
+from samplers.sampling import time_grid
+
+
+@dataclass
+class DMD2Config:
+    generator_steps: int = 1  # 1, or the backward-simulation chain length (e.g. 4)
+    fake_updates: int = 5  # fake-score updates per generator update
+    fake_lr: float = 3e-4  # AdamW for the fake-score network
+    fake_lora_rank: int = 32  # 0: a full copy of the teacher
+    t_min: float = 0.02  # noise levels of the score comparison and the fake-score objective
+    t_max: float = 0.98
+    regression_fraction: float = 0.0  # share of the batch regressing teacher ODE pairs
+    couplings: int = 64  # teacher (noise, sample) pairs for the regression part
+    coupling_steps: int = 32  # teacher Euler steps per pair
+    seed: int = 4321  # pair i uses noise seed (seed + i)
+
+
+def dm_gradient(x_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
+    """DMD's normalised score difference: (fake - real) / mean |x_hat - real| per sample."""
+    dims = tuple(range(1, x_hat.ndim))
+    weight = 1.0 / (x_hat - real_x0).abs().mean(dim=dims, keepdim=True).clamp(min=1e-6)
+    return (fake_x0 - real_x0) * weight
+
+
+class DMD2(Method):
+    name = "dmd2"
+    sampler = "consistency"  # jump to x0, re-noise: the multi-step generator's chain
+    Config = DMD2Config
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        if cfg.generator_steps < 1 or cfg.fake_updates < 1:
+            raise ValueError("method.generator_steps and method.fake_updates must be >= 1")
+        if not 0 <= cfg.t_min < cfg.t_max <= 1:
+            raise ValueError(f"need 0 <= method.t_min < method.t_max <= 1, got {cfg}")
+        self.fake = None  # made in prepare: the fake-score network and its optimizer
+        self.fake_opt = None
+        self.pairs = None  # teacher ODE pairs, when the regression part is on
+
+    def prepare(self, student) -> None:
+        from students.student import Student, StudentConfig
+
+        torch.manual_seed(self.cfg.seed)
+        teacher = getattr(self.ctx.teacher, "inner", self.ctx.teacher)  # not the NFE counter
+        self.fake = Student(teacher, StudentConfig(lora_rank=self.cfg.fake_lora_rank)).eval()
+        self.fake_opt = torch.optim.AdamW(
+            [p for p in self.fake.parameters() if p.requires_grad], lr=self.cfg.fake_lr
+        )
+        if self.cfg.regression_fraction > 0:
+            from distill.methods.reflow import make_couplings
+
+            self.pairs = make_couplings(
+                self.ctx.teacher,
+                self.ctx.data,
+                Path(self.ctx.run_dir) / "couplings",
+                self.cfg.couplings,
+                self.cfg.coupling_steps,
+                64,
+                self.cfg.seed,
+                self.ctx.teacher_guidance,
+                objects=self.ctx.objects(),
+            )
+
+    def _x0(self, model, x, t, cond) -> Tensor:
+        out = model(x, t, cond)
+        return convert(get_path(model.path_name), out, x, t, model.prediction, "x0")
+
+    @torch.no_grad()
+    def generate_inputs(self, student, cond: Tensor, gen: torch.Generator):
+        """(x_t, t) where the generator is trained: noise at t = 1, or after k of its own steps."""
+        b = cond.shape[0]
+        x = torch.randn((b, *student.noise_shape()), generator=gen)
+        grid = time_grid(self.cfg.generator_steps)
+        k = int(torch.randint(self.cfg.generator_steps, (1,), generator=gen))
+        path = get_path(student.path_name)
+        for i in range(k):  # backward simulation: the generator's own chain
+            x0 = self._x0(student, x, grid[i].expand(b), cond)
+            x = interpolate(path, x0, torch.randn(x.shape, generator=gen), grid[i + 1])
+        return x, grid[k].expand(b).clone()
+
+    def _noised(self, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """x0 noised at t ~ U[t_min, t_max]: (x_t, t, eps)."""
+        n = x0.shape[0]
+        t = self.cfg.t_min + (self.cfg.t_max - self.cfg.t_min) * torch.rand(n, generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        return interpolate(self.ctx.path, x0, eps, t), t, eps
+
+    def _fake_update(self, student, gen: torch.Generator) -> float:
+        """One step of the teacher's denoising objective on the generator's samples."""
+        cond = self.batch(gen)["cond"]
+        x_t, t = self.generate_inputs(student, cond, gen)
+        with torch.no_grad():
+            x_hat = self._x0(student, x_t, t, cond)
+        noisy, tau, eps = self._noised(x_hat, gen)
+        target = from_x0_eps(self.ctx.path, x_hat, eps, tau, self.fake.prediction)
+        self.fake.train()
+        loss = ((self.fake(noisy, tau, cond) - target) ** 2).mean()
+        self.fake_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.fake_opt.step()
+        self.fake.eval()
+        return float(loss.detach())
+
+    def targets(self, student, gen) -> Targets:
+        # 1. the fake score catches up with the generator
+        for _ in range(self.cfg.fake_updates):
+            self._fake_update(student, gen)
+        # 2. the generator's samples
+        b = self.batch(gen)
+        cond = b["cond"]
+        x_t, t = self.generate_inputs(student, cond, gen)
+        with torch.no_grad():
+            x_hat = self._x0(student, x_t, t, cond)
+            # 3. real and fake x0 estimates of the noised samples
+            n = x_hat.shape[0]
+            noisy, tau, _ = self._noised(x_hat, gen)
+            real, _ = self.teacher_x0_eps(noisy, tau, cond)
+            fake = self._x0(self.fake, noisy, tau, cond)
+            # 4. the target whose regression gradient is the DM gradient
+            target = x_hat - dm_gradient(x_hat, real, fake)
+        groups = None
+        nr = int(round(n * self.cfg.regression_fraction)) if self.pairs is not None else 0
+        if nr:
+            i = torch.randint(len(self.pairs["x1"]), (nr,), generator=gen)
+            x_t, t, target = x_t.clone(), t.clone(), target.clone()
+            x_t[:nr], t[:nr], target[:nr] = self.pairs["eps"][i], 1.0, self.pairs["x1"][i]
+            cond = cond.clone()
+            cond[:nr] = self.ctx.data.batch(self.pairs["index"][i])["cond"]
+            groups = {"regression": torch.arange(n) < nr, "dm": torch.arange(n) >= nr}
+        return Targets(x_t=x_t, t=t, cond=cond, target=target, groups=groups, space="x0")
+
+    def steps(self) -> list[int]:
+        """Step counts whose times are all trained states of the generator's chain."""
+        k = self.cfg.generator_steps
+        return [n for n in range(1, k + 1) if k % n == 0]
+
+    def state_dict(self) -> dict:
+        return {"fake": self.fake.trainable_state(), "fake_opt": self.fake_opt.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.fake.load_trainable_state(sd["fake"])
+        self.fake_opt.load_state_dict(sd["fake_opt"])
+
+    def card(self) -> dict:
+        return {"fake_score": asdict(self.fake.cfg)}
