@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.methods import METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "shipped"
 TOL_DB = 0.05  # fp rounding across machines; a wrong model is off by decibels
@@ -68,7 +70,7 @@ def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
     assert res["psnr"] > rec["baseline"]["psnr"] + 3.0
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency", "reflow", "shortcut", "finetune"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_shipped_student_reproduces_its_card(method, default_test_data):
     from eval.compare import compare_rows
     from eval.views import test_objects
