@@ -306,6 +306,7 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
             "method.regression_fraction=0.5",
             "method.couplings=2",
             "method.coupling_steps=2",
+            "method.gan_weight=0.01",
         ],
     }[method]
     args = [
@@ -529,3 +530,28 @@ def test_dmd2_backward_simulation_and_steps(tiny_teacher_dir, tiny_data_root):
     after = m.fake.trainable_state()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the fake score trained
     assert cls(cls.Config(), m.ctx).steps() == [1]
+
+
+def test_dmd2_gan_head_trains_and_its_shift_is_the_gan_gradient(tiny_teacher_dir, tiny_data_root):
+    import torch.nn.functional as F
+
+    t = load_teacher(tiny_teacher_dir)
+    cls = get_method("dmd2")
+    m = cls(cls.Config(fake_lora_rank=4, fake_updates=1, gan_weight=0.5), _ctx(t, tiny_data_root))
+    student = Student(t, StudentConfig())
+    m.prepare(student)
+    head0 = {k: v.clone() for k, v in m.head.state_dict().items()}
+    tg = m.targets(student, torch.Generator().manual_seed(1))
+    assert torch.isfinite(tg.target).all()
+    assert any(not torch.equal(head0[k], v) for k, v in m.head.state_dict().items())
+    # the shift makes the regression's gradient equal the GAN loss's gradient at x_hat
+    g = torch.Generator().manual_seed(2)
+    x_hat, cond = torch.randn(2, 4, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+    shift = m.gan_shift(x_hat, cond, torch.Generator().manual_seed(5))
+    x = x_hat.clone().requires_grad_(True)
+    noisy, tau, _ = m._noised(x, torch.Generator().manual_seed(5))
+    (direct,) = torch.autograd.grad(F.softplus(-m.logits(noisy, tau, cond)).mean(), x)
+    x2 = x_hat.clone().requires_grad_(True)
+    reg = ((x2 - (x_hat - shift)) ** 2).flatten(1).mean(1).mean()
+    (via_target,) = torch.autograd.grad(reg, x2)
+    assert direct.abs().max() > 0 and torch.allclose(via_target, direct, atol=1e-7, rtol=1e-4)

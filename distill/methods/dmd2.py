@@ -15,7 +15,10 @@ the teacher's own denoising objective and is updated ``fake_updates`` times per 
 4. Target x_hat - grad (a constant): the regression's gradient at x_hat is grad, as DMD's
    0.5 ||x_hat - sg(x_hat - grad)||^2. A ``regression_fraction`` of the batch instead regresses
    the teacher's ODE sample from the same noise (DMD's regression loss, on cached couplings).
-No GAN head here (DMD2's optional one; not implemented).
+5. Optional GAN head (``gan_weight`` > 0; off by default, as on CPU): a linear classifier on the
+   fake-score network's pooled mid-block features tells noised data from noised generator
+   samples; it trains with the fake network (``disc_weight``), and the generator's
+   non-saturating loss enters the target as the equivalent shift of step 4.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from distill.methods.base import Method, Targets
@@ -43,6 +47,8 @@ class DMD2Config:
     couplings: int = 64  # teacher (noise, sample) pairs for the regression part
     coupling_steps: int = 32  # teacher Euler steps per pair
     seed: int = 4321  # pair i uses noise seed (seed + i)
+    gan_weight: float = 0.0  # generator GAN loss weight relative to the DM regression; 0: no head
+    disc_weight: float = 1.0  # the classifier's loss weight in the fake network's update
 
 
 def dm_gradient(x_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
@@ -65,6 +71,8 @@ class DMD2(Method):
             raise ValueError(f"need 0 <= method.t_min < method.t_max <= 1, got {cfg}")
         self.fake = None  # made in prepare: the fake-score network and its optimizer
         self.fake_opt = None
+        self.head = None  # the GAN classifier, when gan_weight > 0
+        self._features: list[Tensor] = []  # the fake network's last mid-block output
         self.pairs = None  # teacher ODE pairs, when the regression part is on
 
     def prepare(self, student) -> None:
@@ -73,9 +81,15 @@ class DMD2(Method):
         torch.manual_seed(self.cfg.seed)
         teacher = getattr(self.ctx.teacher, "inner", self.ctx.teacher)  # not the NFE counter
         self.fake = Student(teacher, StudentConfig(lora_rank=self.cfg.fake_lora_rank)).eval()
-        self.fake_opt = torch.optim.AdamW(
-            [p for p in self.fake.parameters() if p.requires_grad], lr=self.cfg.fake_lr
-        )
+        params = [p for p in self.fake.parameters() if p.requires_grad]
+        if self.cfg.gan_weight > 0:
+            unet = self.fake.net.unet
+            if getattr(unet, "mid_block", None) is None:
+                raise ValueError("method.gan_weight > 0 needs a teacher UNet with a mid block")
+            unet.mid_block.register_forward_hook(lambda m, i, out: self._features.append(out))
+            self.head = torch.nn.Linear(unet.config.block_out_channels[-1], 1)
+            params += list(self.head.parameters())
+        self.fake_opt = torch.optim.AdamW(params, lr=self.cfg.fake_lr)
         if self.cfg.regression_fraction > 0:
             from distill.methods.reflow import make_couplings
 
@@ -108,6 +122,12 @@ class DMD2(Method):
             x = interpolate(path, x0, torch.randn(x.shape, generator=gen), grid[i + 1])
         return x, grid[k].expand(b).clone()
 
+    def logits(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """The GAN classifier's logit per sample (real > 0) on the fake network's features."""
+        self._features.clear()
+        self.fake(x_t, t, cond)
+        return self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
+
     def _noised(self, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """x0 noised at t ~ U[t_min, t_max]: (x_t, t, eps)."""
         n = x0.shape[0]
@@ -125,6 +145,13 @@ class DMD2(Method):
         target = from_x0_eps(self.ctx.path, x_hat, eps, tau, self.fake.prediction)
         self.fake.train()
         loss = ((self.fake(noisy, tau, cond) - target) ** 2).mean()
+        if self.head is not None:  # the classifier: noised data (real) vs noised samples
+            fake_logit = self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
+            data = self.batch(gen)
+            real_noisy, real_tau, _ = self._noised(data["targets"], gen)
+            real_logit = self.logits(real_noisy, real_tau, data["cond"])
+            disc = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
+            loss = loss + self.cfg.disc_weight * disc
         self.fake_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.fake_opt.step()
@@ -148,6 +175,8 @@ class DMD2(Method):
             fake = self._x0(self.fake, noisy, tau, cond)
             # 4. the target whose regression gradient is the DM gradient
             target = x_hat - dm_gradient(x_hat, real, fake)
+        if self.head is not None:  # 5. the GAN term, as a shift of the same target
+            target = target - self.cfg.gan_weight * self.gan_shift(x_hat, cond, gen)
         groups = None
         nr = int(round(n * self.cfg.regression_fraction)) if self.pairs is not None else 0
         if nr:
@@ -159,17 +188,31 @@ class DMD2(Method):
             groups = {"regression": torch.arange(n) < nr, "dm": torch.arange(n) >= nr}
         return Targets(x_t=x_t, t=t, cond=cond, target=target, groups=groups, space="x0")
 
+    def gan_shift(self, x_hat: Tensor, cond: Tensor, gen: torch.Generator) -> Tensor:
+        """The target shift whose regression gradient (mean squared error over the batch and
+        elements) equals the gradient of the non-saturating loss mean softplus(-logit)."""
+        x = x_hat.detach().requires_grad_(True)
+        noisy, tau, _ = self._noised(x, gen)
+        loss = F.softplus(-self.logits(noisy, tau, cond)).mean()
+        (grad,) = torch.autograd.grad(loss, x)
+        return grad * x[0].numel() * x.shape[0] / 2  # d(mean (x - target)^2)/dx = 2 (x - t) / N
+
     def steps(self) -> list[int]:
         """Step counts whose times are all trained states of the generator's chain."""
         k = self.cfg.generator_steps
         return [n for n in range(1, k + 1) if k % n == 0]
 
     def state_dict(self) -> dict:
-        return {"fake": self.fake.trainable_state(), "fake_opt": self.fake_opt.state_dict()}
+        sd = {"fake": self.fake.trainable_state(), "fake_opt": self.fake_opt.state_dict()}
+        if self.head is not None:
+            sd["head"] = self.head.state_dict()
+        return sd
 
     def load_state_dict(self, sd: dict) -> None:
         self.fake.load_trainable_state(sd["fake"])
         self.fake_opt.load_state_dict(sd["fake_opt"])
+        if self.head is not None:
+            self.head.load_state_dict(sd["head"])
 
     def card(self) -> dict:
         return {"fake_score": asdict(self.fake.cfg)}
