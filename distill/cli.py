@@ -258,7 +258,8 @@ def run(argv: list[str] | None = None) -> int:
         Sweep(cfg).run()
     elif args.cmd == "serve":
         from distill.config import load_config
-        from serve.app import ServeConfig, serve
+        from serve.app import ServeConfig
+        from serve.listen import serve
 
         flags = [f"students={args.students}"] if args.students else []
         flags += [f"reconstructor={args.reconstructor}"] if args.reconstructor else []

@@ -15,7 +15,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from recon.model import ReconConfig, Reconstructor
-from serve.app import ServeConfig, create_app, uvicorn_config
+from serve.app import ServeConfig, create_app
+from serve.listen import uvicorn_config
 from students.student import Student, StudentCard, StudentConfig, save_student
 from teachers.io import load_teacher
 

@@ -18,7 +18,7 @@ from PIL import Image
 from serve_util import RunningServer, png, samples, serve_config
 
 from serve import budget
-from serve.app import serve
+from serve.listen import serve
 from serve.pipeline import decode_image
 from serve.request import SEED_MAX, public_message, route_of
 
