@@ -89,7 +89,7 @@ def test_shortcut_bootstrap_of_constant_velocity_is_that_velocity(tiny_teacher_d
     v = torch.randn(4, 3, 16, 16)
 
     class Constant(torch.nn.Module):
-        prediction = "velocity"
+        path_name, prediction = "linear", "velocity"
 
         def forward(self, x, t, cond, s=None):
             return v.expand_as(x)
@@ -110,7 +110,7 @@ def test_shortcut_half_steps_land_on_trained_levels(tiny_teacher_dir, tiny_data_
     asked = []
 
     class Recorder(torch.nn.Module):
-        prediction = "velocity"
+        path_name, prediction = "linear", "velocity"
 
         def forward(self, x, t, cond, s=None):
             asked.append(s.clone())

@@ -68,6 +68,14 @@ def diffusion_targets(
     )
 
 
+def output_as(model, x: Tensor, t: Tensor, cond: Tensor, space: str, **kw) -> Tensor:
+    """A sampleable model's output at (x, t), converted to ``space`` (velocity, x0, ...)."""
+    from samplers.paths import convert, get_path
+
+    out = model(x, t, cond, **kw)
+    return convert(get_path(model.path_name), out, x, t, model.prediction, space)
+
+
 def pseudo_huber(diff: Tensor, c: float) -> Tensor:
     """sqrt(||d||^2 + c^2) - c per sample (Song & Dhariwal 2023), normalised by the dimension."""
     sq = (diff * diff).flatten(1).sum(1)

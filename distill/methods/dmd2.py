@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.methods.base import Method, Targets
-from samplers.paths import convert, from_x0_eps, get_path, interpolate
+from distill.methods.base import Method, Targets, output_as
+from samplers.paths import from_x0_eps, get_path, interpolate
 from samplers.sampling import time_grid
 
 
@@ -105,10 +105,6 @@ class DMD2(Method):
                 objects=self.ctx.objects(),
             )
 
-    def _x0(self, model, x, t, cond) -> Tensor:
-        out = model(x, t, cond)
-        return convert(get_path(model.path_name), out, x, t, model.prediction, "x0")
-
     @torch.no_grad()
     def generate_inputs(self, student, cond: Tensor, gen: torch.Generator):
         """(x_t, t) where the generator is trained: noise at t = 1, or after k of its own steps."""
@@ -118,7 +114,7 @@ class DMD2(Method):
         k = int(torch.randint(self.cfg.generator_steps, (1,), generator=gen))
         path = get_path(student.path_name)
         for i in range(k):  # backward simulation: the generator's own chain
-            x0 = self._x0(student, x, grid[i].expand(b), cond)
+            x0 = output_as(student, x, grid[i].expand(b), cond, "x0")
             x = interpolate(path, x0, torch.randn(x.shape, generator=gen), grid[i + 1])
         return x, grid[k].expand(b).clone()
 
@@ -126,6 +122,10 @@ class DMD2(Method):
         """The GAN classifier's logit per sample (real > 0) on the fake network's features."""
         self._features.clear()
         self.fake(x_t, t, cond)
+        return self._classify()
+
+    def _classify(self) -> Tensor:
+        """The classifier on the fake network's last (pooled) mid-block output."""
         return self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
 
     def _noised(self, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,13 +140,13 @@ class DMD2(Method):
         cond = self.batch(gen)["cond"]
         x_t, t = self.generate_inputs(student, cond, gen)
         with torch.no_grad():
-            x_hat = self._x0(student, x_t, t, cond)
+            x_hat = output_as(student, x_t, t, cond, "x0")
         noisy, tau, eps = self._noised(x_hat, gen)
         target = from_x0_eps(self.ctx.path, x_hat, eps, tau, self.fake.prediction)
         self.fake.train()
         loss = ((self.fake(noisy, tau, cond) - target) ** 2).mean()
         if self.head is not None:  # the classifier: noised data (real) vs noised samples
-            fake_logit = self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
+            fake_logit = self._classify()  # features of the denoising pass just run
             data = self.batch(gen)
             real_noisy, real_tau, _ = self._noised(data["targets"], gen)
             real_logit = self.logits(real_noisy, real_tau, data["cond"])
@@ -167,12 +167,12 @@ class DMD2(Method):
         cond = b["cond"]
         x_t, t = self.generate_inputs(student, cond, gen)
         with torch.no_grad():
-            x_hat = self._x0(student, x_t, t, cond)
+            x_hat = output_as(student, x_t, t, cond, "x0")
             # 3. real and fake x0 estimates of the noised samples
             n = x_hat.shape[0]
             noisy, tau, _ = self._noised(x_hat, gen)
             real, _ = self.teacher_x0_eps(noisy, tau, cond)
-            fake = self._x0(self.fake, noisy, tau, cond)
+            fake = output_as(self.fake, noisy, tau, cond, "x0")
             # 4. the target whose regression gradient is the DM gradient
             target = x_hat - dm_gradient(x_hat, real, fake)
         if self.head is not None:  # 5. the GAN term, as a shift of the same target

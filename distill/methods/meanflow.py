@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from distill.methods.base import Method, Targets, sample_t
-from samplers.paths import convert, from_x0_eps, get_path, interpolate
+from distill.methods.base import Method, Targets, output_as, sample_t
+from samplers.paths import from_x0_eps, get_path, interpolate
 
 
 @dataclass
@@ -62,8 +62,7 @@ class MeanFlow(Method):
 
     def average_velocity(self, model, z, t, r, cond):
         """u(z, r, t) as a velocity, whatever the model's own parametrization."""
-        out = model(z, t, cond, s=r)
-        return convert(get_path(model.path_name), out, z, t, model.prediction, "velocity")
+        return output_as(model, z, t, cond, "velocity", s=r)
 
     def targets(self, student, gen) -> Targets:
         b = self.batch(gen)

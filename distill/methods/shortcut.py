@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from distill.loop import EMA
-from distill.methods.base import Method, Targets, sample_t
-from samplers.paths import convert, from_x0_eps, interpolate
+from distill.methods.base import Method, Targets, output_as, sample_t
+from samplers.paths import from_x0_eps, interpolate
 
 
 @dataclass
@@ -56,8 +56,7 @@ class Shortcut(Method):
         self.ema = EMA(student, self.ctx.ema_decay, self.ctx.ema_warmup, module=True)
 
     def _velocity(self, model, x, t, cond, d):
-        out = model(x, t, cond, s=d)
-        return convert(self.ctx.path, out, x, t, model.prediction, "velocity")
+        return output_as(model, x, t, cond, "velocity", s=d)
 
     def targets(self, student, gen) -> Targets:
         b = self.batch(gen)
