@@ -136,10 +136,12 @@ class Server:
     def _unknown(self, name: str) -> str:
         return f"unknown student {name!r}; available: {self.known()}"
 
-    def _teacher_dir(self) -> str:
+    def _teacher_dir(self, cards: dict[str, dict] | None = None) -> str:
+        """The teacher folder: the config's, else the first readable card's (``cards``: the
+        readable cards when the caller has just read them)."""
         if self.cfg.teacher:
             return self.cfg.teacher
-        for card in self.cards()[0].values():
+        for card in (self.cards()[0] if cards is None else cards).values():
             return card["teacher_dir"]
         return "shipped/teacher"
 
@@ -147,9 +149,10 @@ class Server:
         """Load a student (or the teacher) and warm it up; raises on a broken folder."""
         from teachers.io import load_teacher
 
+        teacher_dir = self._teacher_dir()
         if self.teacher is None:
-            self.teacher = load_teacher(self._teacher_dir())
-        folder = Path(self._teacher_dir()) if name == "teacher" else Path(self.cfg.students) / name
+            self.teacher = load_teacher(teacher_dir)
+        folder = Path(teacher_dir) if name == "teacher" else Path(self.cfg.students) / name
         pipe = Pipeline.from_pretrained(
             folder,
             self.cfg.reconstructor,
@@ -236,7 +239,7 @@ class Server:
             cards["teacher"] = {
                 "method": "teacher",
                 "steps": TEACHER_STEPS,
-                "teacher_dir": self._teacher_dir(),
+                "teacher_dir": self._teacher_dir(good),
             }
         out = []
         for name, card in cards.items():
