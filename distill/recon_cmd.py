@@ -13,7 +13,7 @@ from distill.loop import TrainConfig, start_from, train
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
-from scenes.world import WorldConfig, make_rig, unpack_gaussians, world_id
+from scenes.world import WorldConfig, make_rig, unpack_gaussians, world_config, world_id
 
 
 @dataclass
@@ -120,7 +120,7 @@ def recon_test_set(model: Reconstructor, data_root: str, count: int):
     """The first ``count`` test objects for this reconstructor (made with its training world if
     missing): the dataset, whose rig rendered the views, and the batch."""
     world = (
-        WorldConfig(**model.info["train_config"]["world"])
+        world_config(model.info["train_config"]["world"])
         if "train_config" in model.info
         else WorldConfig(image_size=model.cfg.image_size)
     )
@@ -235,7 +235,7 @@ def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device:
     model = Reconstructor.load(recon_dir).to(dev)
     c = model.cfg
     world = (
-        WorldConfig(**model.info["train_config"]["world"])
+        world_config(model.info["train_config"]["world"])
         if "train_config" in model.info
         else WorldConfig(image_size=c.image_size)
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eval.compare import compare_rows, compare_table, teacher_reference
 from eval.views import generated_sheet, test_objects
-from scenes.world import WorldConfig
+from scenes.world import WorldConfig, world_config
 from students.sampling import sample_views
 from students.student import load_student
 from teachers.io import load_teacher
@@ -30,7 +30,7 @@ def record_metrics(
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
     world = (
-        WorldConfig(**card["train_config"]["world"])
+        world_config(card["train_config"]["world"])
         if "world" in card["train_config"]
         else WorldConfig(image_size=student.info.image_size)
     )

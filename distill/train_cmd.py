@@ -17,7 +17,7 @@ from distill.methods import get_method
 from distill.methods.base import Context, CountingTeacher, regression_loss
 from samplers.paths import convert, get_path
 from scenes.data import open_split
-from scenes.world import WorldConfig
+from scenes.world import WorldConfig, world_config, world_id
 from students.student import Student, StudentCard, StudentConfig, save_student
 from teachers.io import load_teacher
 
@@ -80,6 +80,21 @@ def machine() -> str:
     return f"cpu {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
+def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
+    """Students learn on their teacher's world: the one the teacher records, unless the config
+    names another explicitly (then it must be the same world)."""
+    rec = (getattr(teacher, "meta", None) or {}).get("train_config", {}).get("world")
+    if rec is None:
+        return asked
+    own = world_config(rec)
+    if asked == WorldConfig() or world_id(asked) == world_id(own):
+        return own
+    raise ValueError(
+        f"world settings {world_id(asked)} differ from the teacher's world {world_id(own)} "
+        f"(version {own.version}); drop the world.* overrides to train on the teacher's world"
+    )
+
+
 def train_student(method: str, args: list[str], teacher_dir: str | None = None) -> Path:
     t_prepare = time.perf_counter()
     mcls = get_method(method)
@@ -88,6 +103,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         cfg.teacher = teacher_dir
     run_dir = Path(cfg.run_dir or f"runs/students/{method}")
     teacher = CountingTeacher(load_teacher(cfg.teacher).requires_grad_(False))
+    cfg.world = _student_world(cfg.world, teacher)
     if cfg.world.image_size != teacher.info.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but the teacher makes "

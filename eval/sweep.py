@@ -26,7 +26,7 @@ from eval.timing import device_name, peak_memory_mb, sync, time_ms
 from eval.views import view_metrics
 from recon.model import Reconstructor
 from scenes.data import open_eval_split
-from scenes.world import WorldConfig, unpack_gaussians
+from scenes.world import unpack_gaussians, world_config
 from students.sampling import sample_views
 from students.student import LoadedStudent, load_student
 from teachers.io import load_teacher
@@ -102,7 +102,7 @@ class Sweep:
         self.models, self.skipped = self._load_models()
         world = None
         if "train_config" in self.recon.info:
-            world = WorldConfig(**self.recon.info["train_config"]["world"])
+            world = world_config(self.recon.info["train_config"]["world"])
         if self.recon.cfg.image_size != self.teacher.info.image_size:
             raise ValueError(
                 f"reconstructor {cfg.recon} works at {self.recon.cfg.image_size}px, teacher "

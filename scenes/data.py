@@ -16,12 +16,13 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from scenes.world import (
-    WORLD_VERSION,
+    WORLD_VERSIONS,
     Rig,
     WorldConfig,
     make_rig,
     make_samples,
     split_seed,
+    world_config,
     world_id,
 )
 
@@ -75,7 +76,7 @@ def make_split(
             tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             for k in IMAGE_KEYS:
                 tensors[k] = _to_u8(tensors[k])
-            meta = {"world_id": wid, "world_version": str(WORLD_VERSION), "split": split}
+            meta = {"world_id": wid, "world_version": str(cfg.version), "split": split}
             tmp = path.with_name(path.name + ".tmp")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             os.replace(tmp, path)
@@ -84,7 +85,7 @@ def make_split(
         shards.append({"file": name, "count": n, "first": first})
     manifest = {
         "world_id": wid,
-        "world_version": WORLD_VERSION,
+        "world_version": cfg.version,
         "split": split,
         "count": count,
         "shards": shards,
@@ -116,12 +117,12 @@ class WorldDataset(Dataset):
                 f"`distill data make --split {split} --count N --root {root}`"
             )
         man = json.loads(mpath.read_text())
-        if man.get("world_version") != WORLD_VERSION:
+        if man.get("world_version") not in WORLD_VERSIONS:
             raise ValueError(
-                f"{mpath}: made by world version {man.get('world_version')}, this code is version "
-                f"{WORLD_VERSION}; remake the data with `distill data make`"
+                f"{mpath}: made by world version {man.get('world_version')}, this code makes "
+                f"versions {WORLD_VERSIONS}; remake the data with `distill data make`"
             )
-        self.world = WorldConfig(**man["world"])
+        self.world = world_config(man["world"])
         if world is not None and world_id(world) != man["world_id"]:
             raise ValueError(
                 f"{mpath}: data made with a different world config (id {man['world_id']}) than "

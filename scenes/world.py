@@ -2,8 +2,15 @@
 
 An object is 2-4 primitives (ellipsoids, boxes, tori, lumpy blobs) covered by flat surface
 Gaussians, with baked Lambert shading. Each primitive has a *front* colour scheme on the
-half-space facing the condition camera and an independently drawn *back* scheme (plain or
-striped) on the other half, so what the condition view cannot show is genuinely uncertain.
+half-space facing the condition camera and an independently drawn *back* scheme on the other
+half, so what the condition view cannot show is genuinely uncertain.
+
+World version 1 draws every primitive's back scheme freely (any hue, plain or striped). Version 2
+draws one *back class* per object from a known discrete distribution (``BACK_COLOURS`` x
+``BACK_PATTERNS``, independent of everything the condition shows) and paints it on the back of
+every primitive; the class is recorded per object, so the distribution of the unseen sides a
+generator invents can be read back and compared with the truth exactly (eval/unseen.py).
+Geometry and front schemes of a seed are the same in both versions.
 
 Everything is a deterministic function of an integer seed; splits use disjoint seed ranges.
 """
@@ -22,7 +29,17 @@ from recon.cameras import intrinsics, orbit_viewmat
 from recon.gaussians import Gaussians
 from recon.raster import rasterize
 
-WORLD_VERSION = 1  # bump whenever the generator's output for a seed changes
+WORLD_VERSIONS = (
+    1,
+    2,
+)  # generator versions this code makes; a new one when a seed's output changes
+# version 2's back classes: colour (RGB in [0, 1]) and pattern, drawn independently
+BACK_COLOURS = {"red": (0.86, 0.17, 0.15), "green": (0.18, 0.72, 0.22), "blue": (0.17, 0.3, 0.9)}
+BACK_COLOUR_PROBS = (0.5, 0.3, 0.2)
+BACK_PATTERNS = ("plain", "striped")
+BACK_PATTERN_PROBS = (0.6, 0.4)
+BACK_STRIPE = (0.1, 0.1, 0.1)  # colour of the stripes on a striped back
+BACK_STRIPE_FREQ = 1.6
 SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
 SPLIT_SIZE = 10_000_000  # seeds per split; ranges are disjoint
 PRIMITIVES = ("ellipsoid", "box", "torus", "blob")
@@ -33,6 +50,7 @@ LIGHT = (0.35, 0.45, 0.82)  # baked light direction (normalised at use)
 class WorldConfig:
     """The procedural world and its camera rig."""
 
+    version: int = 2  # generator version (1: free back schemes; 2: discrete back classes)
     image_size: int = 32  # square render size in pixels (64/128/256 on a GPU)
     gaussians: int = 512  # Gaussians per object
     min_primitives: int = 2  # primitives per object, inclusive range
@@ -55,8 +73,31 @@ class WorldConfig:
 
 def world_id(cfg: WorldConfig) -> str:
     """Short hash of the generator version and config: shards from another world differ."""
-    blob = json.dumps({"version": WORLD_VERSION, **asdict(cfg)}, sort_keys=True)
+    blob = json.dumps(asdict(cfg), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def world_config(d: dict) -> WorldConfig:
+    """The world a model or a dataset was made with, from its recorded settings; records made
+    before worlds had a version are version 1."""
+    cfg = WorldConfig(**{"version": 1, **d})
+    if cfg.version not in WORLD_VERSIONS:
+        raise ValueError(
+            f"world version {cfg.version} unknown to this code (knows {WORLD_VERSIONS}); "
+            "update the lab or remake the data/model"
+        )
+    return cfg
+
+
+def back_classes() -> list[tuple[str, str]]:
+    """Version 2's back classes in index order: (colour, pattern)."""
+    return [(c, p) for c in BACK_COLOURS for p in BACK_PATTERNS]
+
+
+def back_class_probs() -> Tensor:
+    """The true probability of each back class (same order as ``back_classes``)."""
+    pc, pp = torch.tensor(BACK_COLOUR_PROBS), torch.tensor(BACK_PATTERN_PROBS)
+    return (pc[:, None] * pp[None, :]).flatten().double()
 
 
 def split_seed(split: str, index: int) -> int:
@@ -225,7 +266,36 @@ def object_attributes(seed: int, cfg: WorldConfig) -> Tensor:
     return _generate(seed, cfg)[1]
 
 
+_BACK_STREAM = 2**40  # offset of the seed stream that draws version 2's back classes
+
+
+def _back_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) + _BACK_STREAM)
+
+
+def back_class(seed: int, cfg: WorldConfig) -> int:
+    """Index into ``back_classes()`` of this object's back (version 2), -1 in version 1."""
+    if cfg.version < 2:
+        return -1
+    return int(torch.multinomial(back_class_probs().float(), 1, generator=_back_generator(seed)))
+
+
+def _back_schemes(seed: int, cfg: WorldConfig, count: int) -> list:
+    """Version 2: the back scheme of each of ``count`` primitives, all of the object's class."""
+    colour, pattern = back_classes()[back_class(seed, cfg)]
+    gen = _back_generator(seed)
+    torch.rand(1, generator=gen)  # the draw back_class used
+    base, stripe = torch.tensor(BACK_COLOURS[colour]), torch.tensor(BACK_STRIPE)
+    freq = BACK_STRIPE_FREQ if pattern == "striped" else 0.0
+    return [
+        (base, stripe, freq, 2 * math.pi * torch.rand(1, generator=gen).item())
+        for _ in range(count)
+    ]
+
+
 def _generate(seed: int, cfg: WorldConfig) -> tuple[Gaussians, Tensor]:
+    if cfg.version not in WORLD_VERSIONS:
+        raise ValueError(f"world version {cfg.version} unknown (known: {WORLD_VERSIONS})")
     gen = torch.Generator().manual_seed(int(seed))
     k = int(torch.randint(cfg.min_primitives, cfg.max_primitives + 1, (1,), generator=gen))
     kinds = [PRIMITIVES[int(i)] for i in torch.randint(len(PRIMITIVES), (k,), generator=gen)]
@@ -249,6 +319,9 @@ def _generate(seed: int, cfg: WorldConfig) -> tuple[Gaussians, Tensor]:
         nrms.append(nrm @ rot.T)
         sides.append((_scheme(gen, cfg.stripe_prob), _scheme(gen, cfg.stripe_prob), coord))
         tang.append(torch.full((n,), 1.0 * math.sqrt(_area(kind, ax) / max(n, 1))))
+    if cfg.version >= 2:  # same draws as version 1 above; only the backs are replaced
+        backs = _back_schemes(seed, cfg, len(sides))
+        sides = [(f, b2, c) for (f, _, c), b2 in zip(sides, backs)]
     means = torch.cat(pts)
     centre = 0.5 * (means.max(0).values + means.min(0).values)
     scale = cfg.object_radius / (means - centre).norm(dim=1).max()
@@ -306,6 +379,7 @@ def make_samples(seeds: list[int], cfg: WorldConfig, rig: Rig | None = None) -> 
         "heldout": views[:, 1 + v :],
         "gaussians": pack_gaussians(g),
         "seeds": torch.tensor(seeds, dtype=torch.int64),
+        "back_class": torch.tensor([back_class(s, cfg) for s in seeds], dtype=torch.int64),
     }
 
 

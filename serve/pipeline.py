@@ -50,11 +50,11 @@ class Pipeline:
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
         self.device, self.sampler, self.guidance = device, sampler, guidance
-        from scenes.world import WorldConfig, make_rig
+        from scenes.world import WorldConfig, make_rig, world_config
 
         info = getattr(recon, "info", {})
         world = (
-            WorldConfig(**info["train_config"]["world"])
+            world_config(info["train_config"]["world"])
             if "train_config" in info
             else WorldConfig(image_size=recon.cfg.image_size)
         )

@@ -133,4 +133,5 @@ class LabTeacher(MultiViewTeacher):
         unet = load_component(UNet2DModel, folder / "unet")
         model = cls(cfg, unet)
         model.weights_id = file_hash(weights_file(folder / "unet"))
+        model.meta = info  # teacher.json: how it was trained, on which world
         return model
