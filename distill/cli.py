@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = esub.add_parser("train", help="train the feature encoder on world views")
     _add_config(p)
 
+    # metrics
+    met = sub.add_parser("metrics", help="the quality axis: calibrate its metrics")
+    msub = met.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = msub.add_parser("calibrate", help="controlled degradations of true views -> calibration")
+    _add_config(p)
+
     # distillation
     from distill.methods import METHODS
 
@@ -217,6 +223,11 @@ def run(argv: list[str] | None = None) -> int:
         from distill.encoder_cmd import train_encoder
 
         train_encoder(args.config)
+    elif args.cmd == "metrics":
+        from distill.config import load_config
+        from eval.calibrate import CalibrateConfig, calibrate
+
+        calibrate(load_config(CalibrateConfig, args.config))
     elif args.cmd == "train":
         from distill.train_cmd import train_student
 

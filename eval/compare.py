@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eval.metrics import mean_ci, psnr
+from eval.metrics import psnr
+from eval.stats import mean_ci
 from eval.views import view_metrics
 from students.sampling import sample_views
 from students.student import LoadedStudent

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from eval.metrics import chamfer, mean_ci, psnr, ssim
+from eval.geometry import chamfer
+from eval.metrics import psnr, ssim
+from eval.stats import mean_ci
 from eval.timing import device_name, time_ms
 from recon.cameras import camera_rays
 from recon.gaussians import Gaussians

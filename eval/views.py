@@ -9,7 +9,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from eval.metrics import mean_ci, psnr, sharpness, ssim
+from eval.metrics import psnr, ssim
+from eval.sharpness import sharpness
+from eval.stats import mean_ci
 from scenes.preview import contact_sheet
 from students.sampling import sample_views
 

@@ -251,9 +251,10 @@ def _quat_z_to(n: Tensor) -> Tensor:
     return q / q.norm(dim=1, keepdim=True)
 
 
-def make_object(seed: int, cfg: WorldConfig) -> Gaussians:
-    """The Gaussians [N, ...] of the world object with this seed."""
-    return _generate(seed, cfg)[0]
+def make_object(seed: int, cfg: WorldConfig, back: int | None = None) -> Gaussians:
+    """The Gaussians [N, ...] of the world object with this seed; with ``back`` (version 2),
+    the same object painted with that back class instead of its own."""
+    return _generate(seed, cfg, back)[0]
 
 
 N_ATTRIBUTES = 11
@@ -280,9 +281,10 @@ def back_class(seed: int, cfg: WorldConfig) -> int:
     return int(torch.multinomial(back_class_probs().float(), 1, generator=_back_generator(seed)))
 
 
-def _back_schemes(seed: int, cfg: WorldConfig, count: int) -> list:
-    """Version 2: the back scheme of each of ``count`` primitives, all of the object's class."""
-    colour, pattern = back_classes()[back_class(seed, cfg)]
+def _back_schemes(seed: int, cfg: WorldConfig, count: int, back: int | None = None) -> list:
+    """Version 2: the back scheme of each of ``count`` primitives, all of the object's class
+    (or of class ``back``: the same object with another plausible back)."""
+    colour, pattern = back_classes()[back_class(seed, cfg) if back is None else back]
     gen = _back_generator(seed)
     torch.rand(1, generator=gen)  # the draw back_class used
     base, stripe = torch.tensor(BACK_COLOURS[colour]), torch.tensor(BACK_STRIPE)
@@ -293,9 +295,11 @@ def _back_schemes(seed: int, cfg: WorldConfig, count: int) -> list:
     ]
 
 
-def _generate(seed: int, cfg: WorldConfig) -> tuple[Gaussians, Tensor]:
+def _generate(seed: int, cfg: WorldConfig, back: int | None = None) -> tuple[Gaussians, Tensor]:
     if cfg.version not in WORLD_VERSIONS:
         raise ValueError(f"world version {cfg.version} unknown (known: {WORLD_VERSIONS})")
+    if back is not None and cfg.version < 2:
+        raise ValueError("only world version 2 has back classes to choose")
     gen = torch.Generator().manual_seed(int(seed))
     k = int(torch.randint(cfg.min_primitives, cfg.max_primitives + 1, (1,), generator=gen))
     kinds = [PRIMITIVES[int(i)] for i in torch.randint(len(PRIMITIVES), (k,), generator=gen)]
@@ -320,7 +324,7 @@ def _generate(seed: int, cfg: WorldConfig) -> tuple[Gaussians, Tensor]:
         sides.append((_scheme(gen, cfg.stripe_prob), _scheme(gen, cfg.stripe_prob), coord))
         tang.append(torch.full((n,), 1.0 * math.sqrt(_area(kind, ax) / max(n, 1))))
     if cfg.version >= 2:  # same draws as version 1 above; only the backs are replaced
-        backs = _back_schemes(seed, cfg, len(sides))
+        backs = _back_schemes(seed, cfg, len(sides), back)
         sides = [(f, b2, c) for (f, _, c), b2 in zip(sides, backs)]
     means = torch.cat(pts)
     centre = 0.5 * (means.max(0).values + means.min(0).values)

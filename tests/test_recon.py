@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from distill.cli import main
-from eval.metrics import chamfer
+from eval.geometry import chamfer
 from eval.recon_eval import unproject_baseline
 from recon.gaussians import load_ply
 from recon.model import ReconConfig, Reconstructor

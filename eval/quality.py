@@ -1,0 +1,172 @@
+"""The quality axis: every per-object figure a set of generated views gets against the truth,
+and their summaries with 95% bootstrap intervals over objects.
+
+Families: seen-side fidelity (eval/seen.py), unseen-side distribution (eval/unseen.py, world
+version 2 only), sharpness and grain (eval/sharpness.py), 3D through the fixed reconstructor
+(eval/geometry.py) and FID/KID on the lab encoder (eval/distribution.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from eval.distribution import distribution_metrics, features, paired_distribution
+from eval.geometry import chamfer, silhouette_iou
+from eval.metrics import psnr, ssim
+from eval.seen import ALPHA_MIN, _render_depth, seen_metrics, visible_mask
+from eval.sharpness import sharpness_ratio
+from eval.stats import mean_ci, paired_ci, paired_set_ci, set_ci
+from eval.unseen import BACK_VIEW, read_backs, unseen_distance
+from scenes.world import Rig, unpack_gaussians
+
+# per-object metrics and whether higher is better
+PER_OBJECT = {
+    "seen_psnr": True,
+    "seen_psnr_view0": True,
+    "seen_ssim": True,
+    "sharpness": None,  # 1.0 is best: below is blur, above is grain
+    "averaged_rate": False,
+    "e2e_psnr": True,
+    "e2e_ssim": True,
+    "consistency_psnr": True,
+    "silhouette_iou": True,
+    "chamfer": False,
+    "view0_psnr": True,
+    "unseen_psnr": True,
+}
+SET_METRICS = {"unseen_dist": False, "fid": False, "kid": False}
+
+
+@dataclass
+class Truth:
+    """The evaluation objects: conditions, true target and held-out views, true Gaussians,
+    back classes (-1 in world version 1) and the rig."""
+
+    cond: Tensor
+    targets: Tensor
+    heldout: Tensor
+    gaussians: Tensor
+    back_class: Tensor
+    rig: Rig
+    world_version: int
+
+    @classmethod
+    def from_batch(cls, b: dict, rig: Rig, world_version: int) -> Truth:
+        n = b["cond"].shape[0]
+        back = b.get("back_class", torch.full((n,), -1, dtype=torch.long))
+        return cls(b["cond"], b["targets"], b["heldout"], b["gaussians"], back, rig, world_version)
+
+    def __len__(self) -> int:
+        return self.cond.shape[0]
+
+
+class QualityAxis:
+    """Computes every figure of generated views [B, V, 3, H, W] against ``truth``; true-side
+    masks, features and renders are computed once."""
+
+    def __init__(self, truth: Truth, recon, encoder, batch: int = 32, device="cpu"):
+        self.truth, self.recon, self.encoder = truth, recon, encoder
+        self.batch, self.device = batch, torch.device(device)
+        rig = truth.rig
+        masks, objs, alphas = [], [], []
+        for i in range(0, len(truth), batch):
+            g = truth.gaussians[i : i + batch]
+            masks.append(visible_mask(g, rig.target_viewmats, rig.cond_viewmats, rig.K, rig.size))
+            objs.append(_render_depth(g, rig.target_viewmats, rig.K, rig.size)[0] > ALPHA_MIN)
+            alphas.append(_render_depth(g, rig.heldout_viewmats, rig.K, rig.size)[0])
+        self.seen_mask, self.object_mask = torch.cat(masks), torch.cat(objs)
+        self.heldout_alpha = torch.cat(alphas)
+        self.real_features = features(encoder, truth.targets)
+        self.truth_means = unpack_gaussians(truth.gaussians).means
+        self.has_backs = truth.world_version >= 2
+
+    @torch.no_grad()
+    def evaluate(self, views: Tensor) -> dict[str, Tensor]:
+        """Per-object tensors [B] of every PER_OBJECT metric, plus ``back_read`` [B] and
+        ``features`` [B, V, F] for the set metrics."""
+        t = self.truth
+        out = seen_metrics(views, t.targets, self.seen_mask)
+        out["sharpness"] = sharpness_ratio(views, t.targets, self.object_mask)
+        p = psnr(views, t.targets)
+        out["view0_psnr"], out["unseen_psnr"] = p[:, 0], p[:, 1:].mean(1)
+        if self.has_backs:
+            out["back_read"] = read_backs(views[:, BACK_VIEW])
+            out["averaged_rate"] = (out["back_read"] < 0).double()
+        out.update(self._three_d(views))
+        out["features"] = features(self.encoder, views)
+        return out
+
+    def _three_d(self, views: Tensor) -> dict[str, Tensor]:
+        from eval.recon_eval import render_images
+        from recon.raster import rasterize
+
+        rig, dev = self.truth.rig, self.device
+        vm, K = rig.target_viewmats.to(dev), rig.K.to(dev)
+        res = {k: [] for k in ("e2e_psnr", "e2e_ssim", "consistency_psnr", "chamfer", "iou")}
+        for i in range(0, views.shape[0], self.batch):
+            v = views[i : i + self.batch].to(dev)
+            g = self.recon(v, vm, K.expand(len(vm), 3, 3))
+            hv = rig.heldout_viewmats.to(dev).expand(v.shape[0], -1, -1, -1)
+            rgb, alpha, _ = rasterize(
+                g,
+                hv,
+                K.expand(hv.shape[:-2] + (3, 3)),
+                rig.size,
+                rig.size,
+                background=torch.ones(3, device=dev),
+            )
+            ren = (rgb.clamp(0, 1) * 2 - 1).movedim(-1, -3).cpu()
+            held = self.truth.heldout[i : i + self.batch]
+            res["e2e_psnr"].append(psnr(ren, held).mean(1))
+            res["e2e_ssim"].append(ssim(ren, held).mean(1))
+            res["iou"].append(
+                silhouette_iou(alpha[..., 0].cpu(), self.heldout_alpha[i : i + self.batch])
+            )
+            res["chamfer"].append(
+                chamfer(g.means.cpu(), g.opacities.cpu(), self.truth_means[i : i + self.batch])
+            )
+            back = render_images(g, vm, K, rig.size).cpu()
+            res["consistency_psnr"].append(psnr(back, views[i : i + self.batch]).mean(1))
+        out = {k: torch.cat(v) for k, v in res.items()}
+        out["silhouette_iou"] = out.pop("iou")
+        return out
+
+    # --- summaries ---------------------------------------------------------------------------
+    def summary(self, m: dict[str, Tensor]) -> dict[str, float]:
+        """Each metric with its ``_ci95`` bootstrap half-width over objects."""
+        row: dict[str, float] = {"objects": len(self.truth)}
+        for k in PER_OBJECT:
+            if k in m:
+                row[k], row[k + "_ci95"] = mean_ci(m[k])
+        if "back_read" in m:
+            read = m["back_read"]
+            row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
+                lambda idx: unseen_distance(read[idx]), len(read)
+            )
+        row.update(distribution_metrics(self.real_features, m["features"]))
+        return row
+
+    def paired(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, float]:
+        """a - b for each metric on the same objects, with paired 95% half-widths."""
+        row: dict[str, float] = {}
+        for k in PER_OBJECT:
+            if k in a and k in b:
+                row[k + "_diff"], row[k + "_diff_ci95"] = paired_ci(a[k], b[k])
+        if "back_read" in a and "back_read" in b:
+            ra, rb = a["back_read"], b["back_read"]
+            row["unseen_dist_diff"], row["unseen_dist_diff_ci95"] = paired_set_ci(
+                lambda idx: unseen_distance(ra[idx]),
+                lambda idx: unseen_distance(rb[idx]),
+                len(ra),
+            )
+        row.update(paired_distribution(self.real_features, a["features"], b["features"]))
+        return row
+
+
+def copy_baseline(truth: Truth, seen_mask: Tensor) -> Tensor:
+    """Per-object view-0 seen-side PSNR of copying the condition image into view 0."""
+    from eval.seen import masked_psnr
+
+    return masked_psnr(truth.cond, truth.targets[:, 0], seen_mask[:, 0])
