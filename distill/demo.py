@@ -52,13 +52,13 @@ def _pipeline_demo(out_dir: Path, students: list[Path]) -> None:
     from recon.gaussians import save_ply
     from scenes.data import open_split
     from scenes.preview import contact_sheet
-    from scenes.world import WorldConfig
+    from scenes.world import model_world
     from serve.pipeline import Pipeline
     from teachers.io import load_teacher
 
-    ds = open_split("data/world", "test", 4, WorldConfig())
-    b = ds.batch(list(range(4)))
     teacher = load_teacher(SHIPPED / "teacher")
+    ds = open_split("data/world", "test", 4, model_world(teacher.meta, teacher.info.image_size))
+    b = ds.batch(list(range(4)))
     rows = [("condition | truth", torch.cat([b["cond"][:1], b["targets"][0]]), None)]
     runs = [(SHIPPED / "teacher", 50)] + [(s, 1) for s in students]
     for folder, steps in runs:

@@ -13,7 +13,7 @@ from distill.loop import TrainConfig, start_from, train
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
-from scenes.world import WorldConfig, make_rig, unpack_gaussians, world_config, world_id
+from scenes.world import WorldConfig, make_rig, model_world, unpack_gaussians, world_id
 
 
 @dataclass
@@ -119,11 +119,7 @@ def _device(name: str) -> torch.device:
 def recon_test_set(model: Reconstructor, data_root: str, count: int):
     """The first ``count`` test objects for this reconstructor (made with its training world if
     missing): the dataset, whose rig rendered the views, and the batch."""
-    world = (
-        world_config(model.info["train_config"]["world"])
-        if "train_config" in model.info
-        else WorldConfig(image_size=model.cfg.image_size)
-    )
+    world = model_world(model.info, model.cfg.image_size)
     ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
     return ds, ds.batch(list(range(count)))
 
@@ -234,11 +230,7 @@ def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device:
     dev = _device(device)
     model = Reconstructor.load(recon_dir).to(dev)
     c = model.cfg
-    world = (
-        world_config(model.info["train_config"]["world"])
-        if "train_config" in model.info
-        else WorldConfig(image_size=c.image_size)
-    )
+    world = model_world(model.info, c.image_size)
     rig = make_rig(world)
     imgs, vm, Ks = read_views(views, c.image_size, c.views, c.rows, rig)
     with torch.inference_mode():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from eval.compare import compare_rows, compare_table, teacher_reference
 from eval.views import generated_sheet, test_objects
-from scenes.world import WorldConfig, world_config
+from scenes.world import model_world
 from students.sampling import sample_views
 from students.student import load_student
 from teachers.io import load_teacher
@@ -29,11 +29,7 @@ def record_metrics(
     teacher = student.student.net  # same weights as the teacher it was made from
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
-    world = (
-        world_config(card["train_config"]["world"])
-        if "world" in card["train_config"]
-        else WorldConfig(image_size=student.info.image_size)
-    )
+    world = model_world(card, student.info.image_size)
     cond, gt, seeds = test_objects(data_root, count, student.info.image_size, world)
     ref = teacher_reference(
         load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance

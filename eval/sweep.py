@@ -1,15 +1,19 @@
 """The step sweep: for each model (teacher, students) x sampler x step count, image -> views ->
-Gaussians -> novel views on one fixed evaluation set, with quality, cost and a Pareto plot.
+Gaussians on one fixed evaluation set, measured on the quality axis (eval/quality.py) with
+intervals over objects, with cost and a Pareto plot (eval/plot.py) and a report
+(eval/report.py).
 
 Every cell uses the same test objects and the same per-object noise seeds. Finished cells are
-cached as JSON under ``<out>/cells``, so an interrupted sweep resumes where it stopped.
+cached under ``<out>/cells`` keyed by the weight hashes of teacher, student, reconstructor and
+encoder, the sampling configuration and the evaluation set, so an interrupted sweep resumes and a
+stale cell is never reused.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import math
 import subprocess
 import threading
 import time
@@ -20,16 +24,22 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from eval.encoder import FeatureEncoder, distribution_distances
-from eval.metrics import chamfer, load_lpips, mean_ci, psnr, ssim
+from eval.encoder import FeatureEncoder
+from eval.metrics import load_lpips, psnr
+from eval.plot import pareto_plot
+from eval.quality import QualityAxis, Truth
+from eval.report import VERDICT_METRICS, report, results_table
+from eval.stats import excludes_zero
 from eval.timing import device_name, peak_memory_mb, sync, time_ms
-from eval.views import view_metrics
 from recon.model import Reconstructor
 from scenes.data import open_eval_split
-from scenes.world import unpack_gaussians, world_config
+from scenes.world import model_world, world_id
 from students.sampling import sample_views
 from students.student import LoadedStudent, load_student
+from teachers.base import file_hash
 from teachers.io import load_teacher
+
+AXIS_VERSION = 2  # bump when a metric's definition changes: cached cells become stale
 
 
 @dataclass
@@ -42,12 +52,14 @@ class SweepConfig:
     teacher_guidance: float = 1.0  # the teacher's CFG scale
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
+    calibration: str = "docs/metrics/calibration.json"  # which metrics may decide verdicts
     data_root: str = "data/world"
-    objects: int = 64  # test objects in the evaluation set
+    split: str = "test"  # test: the final report; val: choosing recipes and checkpoints
+    objects: int = 256  # objects in the evaluation set
     batch: int = 32  # objects per generation batch
-    latency_repeats: int = 5  # timed runs (median) after warm-up, batch 1
+    latency_repeats: int = 3  # timed runs (median) after warm-up, batch 1
     throughput_batch: int = 16
-    reference_steps: int = 50  # teacher steps of the agreement reference
+    reference_steps: int = 50  # teacher steps of the reference every row is paired against
     skip_unsupported: bool = False  # skip (with the reason) instead of failing
     device: str = "auto"  # auto | cpu | cuda
 
@@ -88,6 +100,22 @@ def _commit() -> str:
         return "unknown"
 
 
+def _folder_hash(folder: str | Path, name: str) -> str:
+    p = Path(folder) / name
+    return file_hash(p) if p.exists() else "missing"
+
+
+def model_weights(model) -> str:
+    """Hash of the weights a model samples with: every weights file of a student folder (its
+    per-step stages included), the teacher's own weights id."""
+    if isinstance(model, LoadedStudent):
+        h = hashlib.sha256()
+        for f in sorted(model.folder.rglob("*.safetensors")):
+            h.update(f"{f.relative_to(model.folder)}:{file_hash(f)}".encode())
+        return h.hexdigest()[:16]
+    return getattr(model, "weights_id", "") or "unknown"
+
+
 class Sweep:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
@@ -97,25 +125,34 @@ class Sweep:
         )
         self.out = Path(cfg.out)
         self.teacher = load_teacher(cfg.teacher).to(self.device)
-        self.recon = Reconstructor.load(cfg.recon).to(self.device)
+        self.recon = Reconstructor.load(cfg.recon).to(self.device).eval()
         self.encoder = FeatureEncoder.load(cfg.encoder)
         self.models, self.skipped = self._load_models()
-        world = None
-        if "train_config" in self.recon.info:
-            world = world_config(self.recon.info["train_config"]["world"])
+        world = model_world(self.recon.info, self.recon.cfg.image_size)
         if self.recon.cfg.image_size != self.teacher.info.image_size:
             raise ValueError(
                 f"reconstructor {cfg.recon} works at {self.recon.cfg.image_size}px, teacher "
                 f"{cfg.teacher} at {self.teacher.info.image_size}px"
             )
         ds = open_eval_split(
-            cfg.data_root, "test", cfg.objects, self.teacher.info.image_size, world
+            cfg.data_root, cfg.split, cfg.objects, self.teacher.info.image_size, world
         )
         b = ds.batch(list(range(cfg.objects)))
+        self.world = ds.world
         self.rig = ds.rig
-        self.cond, self.gt, self.heldout = b["cond"], b["targets"], b["heldout"]
-        self.truth_means = unpack_gaussians(b["gaussians"]).means
+        self.truth = Truth.from_batch(b, ds.rig, ds.world.version)
+        self.cond = b["cond"]
         self.seeds = [int(s) for s in b["seeds"]]
+        self.axis = QualityAxis(self.truth, self.recon, self.encoder, cfg.batch, self.device)
+        self.hashes = {
+            "teacher": model_weights(self.teacher),
+            "recon": _folder_hash(cfg.recon, "model.safetensors"),
+            "encoder": _folder_hash(cfg.encoder, "model.safetensors"),
+            "world": world_id(ds.world),
+            "split": cfg.split,
+            "seeds": hashlib.sha256(json.dumps(self.seeds).encode()).hexdigest()[:16],
+            "axis": AXIS_VERSION,
+        }
 
     def _load_models(self):
         models, skipped = {}, []
@@ -132,6 +169,18 @@ class Sweep:
                 continue
             models[Path(m).name] = st
         return models, skipped
+
+    def cell_key(self, model, sampler: str, steps: int) -> str:
+        """Hash of everything a cell's figures depend on."""
+        key = {
+            **self.hashes,
+            "model": model_weights(model),
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": self.cfg.teacher_guidance,
+            "batch": self.cfg.batch,
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     # --- one cell -------------------------------------------------------------------------
     def _generate(self, model, sampler: str, steps: int, cond: Tensor, seeds: list[int]):
@@ -152,61 +201,27 @@ class Sweep:
             g, viewmats.to(self.device), self.rig.K.to(self.device), self.rig.size
         ).cpu()
 
-    def reference(self) -> Tensor:
-        path = self.out / "cells" / f"reference_teacher_{self.cfg.reference_steps}.pt"
-        if path.exists():
-            return torch.load(path)
-        views, _ = self._generate(
-            self.teacher, "euler", self.cfg.reference_steps, self.cond, self.seeds
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(views, path)
-        return views
-
-    def run_cell(self, name: str, model, sampler: str, steps: int, reference: Tensor) -> dict:
-        cfg = self.cfg
+    def run_cell(self, name: str, model, sampler: str, steps: int, reference: Tensor | None):
+        """The cell's summary row and its per-object figures (for paired comparisons)."""
         with torch.inference_mode():
             views, nfe = self._generate(model, sampler, steps, self.cond, self.seeds)
-            vm = view_metrics(views, self.gt)
-            e2e_p, e2e_s, cham, cons = [], [], [], []
-            for i in range(0, views.shape[0], cfg.batch):
-                g = self._reconstruct(views[i : i + cfg.batch])
-                ren = self._render(g, self.rig.heldout_viewmats)
-                e2e_p.append(psnr(ren, self.heldout[i : i + cfg.batch]).mean(1))
-                e2e_s.append(ssim(ren, self.heldout[i : i + cfg.batch]).mean(1))
-                cham.append(
-                    chamfer(g.means.cpu(), g.opacities.cpu(), self.truth_means[i : i + cfg.batch])
-                )
-                back = self._render(g, self.rig.target_viewmats)
-                cons.append(psnr(back, views[i : i + cfg.batch]).mean(1))
-            dist = distribution_distances(self.encoder, self.gt.flatten(0, 1), views.flatten(0, 1))
+            per = self.axis.evaluate(views)
+            if reference is not None:
+                per["teacher_psnr"] = psnr(views, reference).mean(1)
         row = {
             "model": name,
             "method": _method(model),
             "sampler": sampler,
             "steps": steps,
             "nfe": nfe,
-            "objects": len(self.seeds),
+            **self.axis.summary(per),
         }
-        per = {
-            "view0_psnr": vm["psnr_v0"],
-            "view0_ssim": vm["ssim_v0"],
-            "unseen_psnr": vm["psnr_unseen"],
-            "unseen_ssim": vm["ssim_unseen"],
-            "e2e_psnr": torch.cat(e2e_p),
-            "e2e_ssim": torch.cat(e2e_s),
-            "chamfer": torch.cat(cham),
-            "consistency_psnr": torch.cat(cons),
-            "teacher_psnr": psnr(views, reference).mean(1),
-        }
-        for k, v in per.items():
-            row[k], row[k + "_ci95"] = mean_ci(v)
-        row.update(dist)
-        lp, reason = load_lpips()
-        row["lpips"] = None
-        row["lpips_missing"] = reason if lp is None else ""
+        if "teacher_psnr" in per:
+            from eval.stats import mean_ci
+
+            row["teacher_psnr"], row["teacher_psnr_ci95"] = mean_ci(per["teacher_psnr"])
         row.update(self.cost(model, sampler, steps))
-        return row
+        return row, per, views
 
     def cost(self, model, sampler: str, steps: int) -> dict:
         """Stage latencies at batch 1 (median after warm-up), throughput at a batch, memory."""
@@ -224,7 +239,7 @@ class Sweep:
 
         def pipeline():
             v, _ = self._generate(model, sampler, steps, cb, sb)
-            self._render(self._reconstruct(v), self.rig.heldout_viewmats)
+            self._reconstruct(v)
 
         with torch.inference_mode():
             pipeline()  # warm-up
@@ -240,8 +255,8 @@ class Sweep:
         return {
             "diffusion_ms": diff,
             "recon_ms": rec,
-            "render_ms": ren,
-            "total_ms": diff + rec + ren,
+            "total_ms": diff + rec,  # what a user waits for: image -> views -> Gaussians
+            "render_ms": ren,  # rendering the evaluation views, reported on its own
             "throughput_per_s": cb.shape[0] / dt,
             "throughput_batch": int(cb.shape[0]),
             "peak_mem_mb": mem if mem is not None else (rss.peak - rss.base) / 2**20,
@@ -272,37 +287,129 @@ class Sweep:
                     out.append((name, model, sampler, steps))
         return out
 
+    def _cached(self, name, model, sampler, steps, reference):
+        """(row, per-object figures, views) of a cell from its keyed cache, else computed."""
+        key = self.cell_key(model, sampler, steps)
+        base = self.out / "cells" / f"{name}__{sampler}__{steps}__{key}"
+        js, pt = base.with_suffix(".json"), base.with_suffix(".pt")
+        if js.exists() and pt.exists():
+            data = torch.load(pt)
+            return json.loads(js.read_text()), data["per"], data["views"]
+        row, per, views = self.run_cell(name, model, sampler, steps, reference)
+        row["cell_key"] = key
+        row["train_seconds"] = _train_seconds(model)
+        for path, write in (
+            (pt, lambda p: torch.save({"per": per, "views": views.half()}, p)),
+            (js, lambda p: p.write_text(json.dumps(row, indent=2))),
+        ):
+            tmp = path.with_name(path.name + ".tmp")
+            write(tmp)
+            tmp.replace(path)
+        return row, per, views
+
     def run(self) -> list[dict]:
         cells = self.cells()
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        reference = self.reference()
-        rows = []
+        ref_steps = self.cfg.reference_steps
+        _, ref_per, ref_views = self._cached("teacher", self.teacher, "euler", ref_steps, None)
+        ref_views = ref_views.float()
+        rows, pers = [], {}
         for name, model, sampler, steps in tqdm(cells, desc="sweep cells", unit="cell"):
-            path = self.out / "cells" / f"{name}__{sampler}__{steps}.json"
-            if path.exists():
-                rows.append(json.loads(path.read_text()))
-                continue
-            row = self.run_cell(name, model, sampler, steps, reference)
-            row["train_seconds"] = _train_seconds(model)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(row, indent=2))
-            tmp.replace(path)
+            row, per, _ = self._cached(name, model, sampler, steps, ref_views)
+            for k, v in self.axis.paired(per, ref_per).items():
+                row["vs_ref_" + k] = v
             rows.append(row)
-        self.write(rows)
+            pers[(name, sampler, steps)] = per
+        self.write(rows, pers)
         return rows
 
-    def write(self, rows: list[dict]) -> None:
+    # --- verdicts ---------------------------------------------------------------------------
+    def usable_metrics(self) -> tuple[list[str], list[str], dict]:
+        """Verdict metrics that pass the calibration and apply to this world."""
+        path = Path(self.cfg.calibration)
+        ver = json.loads(path.read_text())["verdicts"] if path.exists() else {}
+        usable, unusable, missing = [], [], {}
+        for m in VERDICT_METRICS:
+            if m == "unseen_dist" and not self.axis.has_backs:
+                missing[m] = (
+                    f"world version {self.world.version} has no discrete back classes (the"
+                    " models were trained on it); unseen_dist needs world version 2"
+                )
+            elif m not in ver:
+                unusable.append(f"{m} (no calibration at {path})")
+            elif not ver[m]["passes"]:
+                unusable.append(f"{m} (fails its calibration)")
+            else:
+                usable.append(m)
+        return usable, unusable, missing
+
+    def verdicts(self, rows, pers, metrics: list[str]) -> list[dict]:
+        out = []
+        for steps in sorted({r["steps"] for r in rows}):
+            cand = [
+                r
+                for r in rows
+                if r["steps"] == steps and r["method"] not in ("teacher", "finetune")
+            ]
+            if len(cand) < 2:
+                continue
+            for m in metrics:
+                higher = VERDICT_METRICS[m]
+                ranked = sorted(cand, key=lambda r: r[m], reverse=higher)
+                best = ranked[0]
+                pb = pers[(best["model"], best["sampler"], steps)]
+                diffs = []
+                for r in ranked[1:]:
+                    pr = pers[(r["model"], r["sampler"], steps)]
+                    p = self.axis.paired(pb, pr)
+                    diffs.append((r["model"], p[m + "_diff"], p[m + "_diff_ci95"]))
+                tied = [best["model"]] + [n for n, d, h in diffs if not excludes_zero(d, h)]
+                out.append(
+                    {
+                        "steps": steps,
+                        "metric": m,
+                        "best": best["model"],
+                        "runner_up": diffs[0][0],
+                        "diff": diffs[0][1],
+                        "ci95": diffs[0][2],
+                        "best_resolved": excludes_zero(diffs[0][1], diffs[0][2]),
+                        "tied": tied,
+                    }
+                )
+        return out
+
+    def write(self, rows: list[dict], pers: dict) -> None:
+        usable, unusable, missing = self.usable_metrics()
+        lp, reason = load_lpips()
+        if lp is None:
+            missing["lpips"] = reason
         meta = {
             "commit": _commit(),
             "config": asdict(self.cfg),
             "device": device_name(self.device),
             "objects": len(self.seeds),
-            "eval_set": f"test split objects 0..{len(self.seeds) - 1}",
+            "eval_set": f"{self.cfg.split} split objects 0..{len(self.seeds) - 1}",
+            "split": self.cfg.split,
+            "world_version": self.world.version,
+            "world_note": (
+                "Back classes are drawn from a known distribution: unseen_dist applies."
+                if self.axis.has_backs
+                else "The models' own world: backs drawn freely, so unseen_dist does not apply"
+                " (see Missing metrics)."
+            ),
+            "reference": f"teacher@{self.cfg.reference_steps} (euler)",
+            "hashes": self.hashes,
+            "verdict_metrics": usable,
+            "unusable_metrics": unusable,
+            "missing": missing,
             "skipped": self.skipped,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        meta["verdicts"] = self.verdicts(rows, pers, usable)
         (self.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        keys = list(rows[0].keys()) if rows else []
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
         with open(self.out / "results.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
@@ -326,184 +433,3 @@ def _train_seconds(model) -> float:
             return float(cost["wall_s"])
         return float(model.card.train_config.get("train_seconds", 0.0))
     return 0.0
-
-
-def _label(r: dict) -> str:
-    return r["model"] if r["method"] != "teacher" else f"teacher ({r['sampler']})"
-
-
-def pareto_plot(rows: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(_label(r), []).append(r)
-    for ax, key, better in ((axes[0], "e2e_psnr", "higher"), (axes[1], "fid", "lower")):
-        for label, rs in sorted(groups.items()):
-            rs = sorted(rs, key=lambda r: r["total_ms"])
-            xs, ys = [r["total_ms"] for r in rs], [r[key] for r in rs]
-            style = "k--" if label.startswith("teacher") else "-"
-            line = ax.plot(xs, ys, style, marker="o", label=label)[0]
-            for r, x, y in zip(rs, xs, ys):
-                ax.annotate(
-                    str(r["steps"]),
-                    (x, y),
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    fontsize=8,
-                    color=line.get_color(),
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel("end-to-end latency per object, ms (log; batch 1)")
-        ax.set_ylabel(
-            f"{'end-to-end held-out PSNR, dB' if key == 'e2e_psnr' else 'FID (lab encoder)'}"
-            f" ({better} is better)"
-        )
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
-    dev = rows[0]["device"] if rows else ""
-    fig.suptitle(
-        f"image -> views -> Gaussians -> novel views; labels = sampling steps; {dev}", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-
-
-def results_table(rows: list[dict]) -> str:
-    head = (
-        "| model | method | sampler | steps | NFE | e2e PSNR | e2e SSIM | FID | KID | "
-        "view0 PSNR | unseen PSNR | Chamfer | consistency PSNR | vs teacher@50 PSNR | "
-        "diffusion ms | recon ms | render ms | total ms | throughput/s | peak MB |"
-    )
-    lines = [head, "|" + "---|" * 20]
-    for r in sorted(
-        rows, key=lambda r: (r["method"] != "teacher", r["model"], r["sampler"], r["steps"])
-    ):
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['sampler']} | {r['steps']} | {r['nfe']} | "
-            f"{r['e2e_psnr']:.2f} ± {r['e2e_psnr_ci95']:.2f} | {r['e2e_ssim']:.3f} | "
-            f"{r['fid']:.2f} | {r['kid']:.4f} | {r['view0_psnr']:.2f} | {r['unseen_psnr']:.2f} | "
-            f"{r['chamfer']:.4f} | {r['consistency_psnr']:.2f} | {r['teacher_psnr']:.2f} | "
-            f"{r['diffusion_ms']:.1f} | {r['recon_ms']:.1f} | {r['render_ms']:.1f} | "
-            f"{r['total_ms']:.1f} | {r['throughput_per_s']:.2f} | {r['peak_mem_mb']:.0f} |"
-        )
-    return "\n".join(lines)
-
-
-def amortised(rows: list[dict], reference_steps: int = 50) -> tuple[str, list[str]]:
-    """Per-asset cost (distillation time / assets + inference time) for 1e2..1e7 assets, the
-    teacher at the reference step count vs each student at its fewest steps."""
-    teacher = [r for r in rows if r["method"] == "teacher" and r["steps"] == reference_steps]
-    if not teacher:
-        return "(no teacher cell at the reference step count)", []
-    t = min(teacher, key=lambda r: r["total_ms"])
-    cols = [(f"teacher@{t['steps']}", t)]
-    for name in sorted({r["model"] for r in rows if r["method"] != "teacher"}):
-        rs = [r for r in rows if r["model"] == name]
-        r = min(rs, key=lambda r: r["steps"])
-        cols.append((f"{name}@{r['steps']}", r))
-    volumes = [10**k for k in range(2, 8)]
-    lines = ["| assets | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---|" * len(cols)]
-    for a in volumes:
-        cells = [
-            f"{(r['train_seconds'] / a + r['total_ms'] / 1000) * 1000:.1f} ms" for _, r in cols
-        ]
-        lines.append(f"| {a:.0e} | " + " | ".join(cells) + " |")
-    notes = []
-    for c, r in cols[1:]:
-        saving = t["total_ms"] / 1000 - r["total_ms"] / 1000
-        if saving <= 0:
-            notes.append(f"{c}: never breaks even (not faster than the teacher)")
-        else:
-            notes.append(
-                f"{c}: breaks even after {math.ceil(r['train_seconds'] / saving):,} assets "
-                f"({r['train_seconds'] / 60:.1f} min of distillation, "
-                f"{saving * 1000:.0f} ms saved per asset)"
-            )
-    return "\n".join(lines), notes
-
-
-def report(rows: list[dict], meta: dict) -> str:
-    ref = meta["config"]["reference_steps"]
-    table = results_table(rows)
-    amort, notes = amortised(rows, ref)
-    lines = [
-        "# Step sweep: image -> views -> Gaussians -> novel views",
-        "",
-        f"Commit `{meta['commit']}`, {meta['created']}, device: {meta['device']}.",
-        f"Evaluation set: {meta['eval_set']} ({meta['objects']} objects, never seen in training),"
-        " the same per-object noise seeds in every cell. ± is the 95% confidence half-width"
-        " over objects.",
-        "",
-        "![pareto](pareto.png)",
-        "",
-        "## Results",
-        "",
-        table,
-        "",
-    ]
-    teacher_ref = [r for r in rows if r["method"] == "teacher" and r["steps"] == ref]
-    if teacher_ref:
-        t = teacher_ref[0]
-        lines += [
-            "## Best method per step count",
-            "",
-            "Among the distillation students (not the `finetune` control), ranked by FID: PSNR"
-            " against the one true object rewards the blurry mean of the possible unseen sides,"
-            " FID measures whether the outputs look like real objects.",
-            "",
-        ]
-        for steps in (1, 2, 4):
-            cand = [
-                r
-                for r in rows
-                if r["steps"] == steps and r["method"] not in ("teacher", "finetune")
-            ]
-            if not cand:
-                continue
-            best = min(cand, key=lambda r: r["fid"])
-            same = [r for r in rows if r["steps"] == steps and r["method"] == "teacher"]
-            gap_p, gap_f = best["e2e_psnr"] - t["e2e_psnr"], best["fid"] - t["fid"]
-            plural = "s" if steps > 1 else ""
-            line = (
-                f"- {steps} step{plural}: **{best['model']}** ({best['method']}), FID "
-                f"{best['fid']:.2f} ({gap_f:+.2f} vs the teacher at {ref}), e2e PSNR "
-                f"{best['e2e_psnr']:.2f} dB ({gap_p:+.2f} dB)"
-            )
-            if same:
-                s0 = same[0]
-                fid_beat = [r["model"] for r in cand if r["fid"] < s0["fid"]]
-                psnr_beat = [r["model"] for r in cand if r["e2e_psnr"] > s0["e2e_psnr"]]
-                line += (
-                    f". The teacher at {steps} step{plural}: FID {s0['fid']:.2f}, e2e PSNR "
-                    f"{s0['e2e_psnr']:.2f} dB; better FID: {', '.join(fid_beat) or 'none'}"
-                    f" ({len(fid_beat)}/{len(cand)}); better e2e PSNR: "
-                    f"{', '.join(psnr_beat) or 'none'} ({len(psnr_beat)}/{len(cand)})"
-                )
-            lines.append(line)
-        lines.append("")
-    lines += [
-        "## Amortised cost per asset",
-        "",
-        "Per asset: distillation training time / number of assets + end-to-end inference"
-        " time (batch 1). The teacher's own training is common to all and not counted.",
-        "",
-        amort,
-        "",
-    ] + [f"- {n}" for n in notes]
-    if meta["skipped"]:
-        lines += ["", "## Skipped", ""] + [f"- {s}" for s in meta["skipped"]]
-    missing = {r.get("lpips_missing") for r in rows if r.get("lpips_missing")}
-    if missing:
-        lines += ["", "## Missing metrics", "", f"- LPIPS: {missing.pop()}"]
-    lines += [
-        "",
-        "Regenerate with the command in `README.md` (docs/sweep); never edit by hand.",
-        "",
-    ]
-    return "\n".join(lines)

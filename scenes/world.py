@@ -89,6 +89,13 @@ def world_config(d: dict) -> WorldConfig:
     return cfg
 
 
+def model_world(info: dict, image_size: int) -> WorldConfig:
+    """The world a model was trained on, from its saved record (``info["train_config"]
+    ["world"]``); a model without one gets the default world at its image size."""
+    rec = (info or {}).get("train_config", {}).get("world")
+    return world_config(rec) if rec is not None else WorldConfig(image_size=image_size)
+
+
 def back_classes() -> list[tuple[str, str]]:
     """Version 2's back classes in index order: (colour, pattern)."""
     return [(c, p) for c in BACK_COLOURS for p in BACK_PATTERNS]
@@ -96,8 +103,9 @@ def back_classes() -> list[tuple[str, str]]:
 
 def back_class_probs() -> Tensor:
     """The true probability of each back class (same order as ``back_classes``)."""
-    pc, pp = torch.tensor(BACK_COLOUR_PROBS), torch.tensor(BACK_PATTERN_PROBS)
-    return (pc[:, None] * pp[None, :]).flatten().double()
+    pc = torch.tensor(BACK_COLOUR_PROBS, dtype=torch.float64)
+    pp = torch.tensor(BACK_PATTERN_PROBS, dtype=torch.float64)
+    return (pc[:, None] * pp[None, :]).flatten()
 
 
 def split_seed(split: str, index: int) -> int:
@@ -278,7 +286,7 @@ def back_class(seed: int, cfg: WorldConfig) -> int:
     """Index into ``back_classes()`` of this object's back (version 2), -1 in version 1."""
     if cfg.version < 2:
         return -1
-    return int(torch.multinomial(back_class_probs().float(), 1, generator=_back_generator(seed)))
+    return int(torch.multinomial(back_class_probs(), 1, generator=_back_generator(seed)))
 
 
 def _back_schemes(seed: int, cfg: WorldConfig, count: int, back: int | None = None) -> list:

@@ -297,15 +297,18 @@ def main() -> int:
     ap.add_argument("--quality", default="fid", help="sweep column reported for what is served")
     args = ap.parse_args()
 
+    from recon.model import Reconstructor
     from scenes.data import open_split
-    from scenes.world import WorldConfig
+    from scenes.world import model_world
 
     students = sorted(
         p.name for p in Path(args.students).iterdir() if (p / "student.json").exists()
     )
     if len(students) < 2:
         raise SystemExit(f"need at least two students under {args.students} to swap")
-    ds = open_split(args.data_root, "test", args.images, WorldConfig())
+    recon = Reconstructor.load("shipped/recon")
+    world = model_world(recon.info, recon.cfg.image_size)  # the shipped models' world
+    ds = open_split(args.data_root, "test", args.images, world)
     b = ds.batch(list(range(args.images)))
     images = list(b["cond"])
     seeds = [1000 + i for i in range(args.images)]

@@ -50,14 +50,10 @@ class Pipeline:
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
         self.device, self.sampler, self.guidance = device, sampler, guidance
-        from scenes.world import WorldConfig, make_rig, world_config
+        from scenes.world import make_rig, model_world
 
         info = getattr(recon, "info", {})
-        world = (
-            world_config(info["train_config"]["world"])
-            if "train_config" in info
-            else WorldConfig(image_size=recon.cfg.image_size)
-        )
+        world = model_world(info, recon.cfg.image_size)
         self.rig = make_rig(world)
         self.image_size = recon.cfg.image_size
         if isinstance(model, LoadedStudent):
