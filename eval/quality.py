@@ -35,7 +35,9 @@ PER_OBJECT = {
     "chamfer": False,
     "view0_psnr": True,
     "unseen_psnr": True,
+    "lpips": False,  # only where LPIPS's backbone weights are on disk
 }
+LPIPS_MIN_SIZE = 64
 SET_METRICS = {"unseen_dist": False, "fid": False, "kid": False}
 
 
@@ -66,8 +68,8 @@ class QualityAxis:
     """Computes every figure of generated views [B, V, 3, H, W] against ``truth``; true-side
     masks, features and renders are computed once."""
 
-    def __init__(self, truth: Truth, recon, encoder, batch: int = 32, device="cpu"):
-        self.truth, self.recon, self.encoder = truth, recon, encoder
+    def __init__(self, truth: Truth, recon, encoder, batch: int = 32, device="cpu", lpips=None):
+        self.truth, self.recon, self.encoder, self.lpips = truth, recon, encoder, lpips
         self.batch, self.device = batch, torch.device(device)
         rig = truth.rig
         masks, objs, alphas = [], [], []
@@ -94,9 +96,25 @@ class QualityAxis:
         if self.has_backs:
             out["back_read"] = read_backs(views[:, BACK_VIEW])
             out["averaged_rate"] = (out["back_read"] < 0).double()
+        if self.lpips is not None:
+            out["lpips"] = self._lpips(views)
         out.update(self._three_d(views))
         out["features"] = features(self.encoder, views)
         return out
+
+    def _lpips(self, views: Tensor) -> Tensor:
+        """Per-object LPIPS (AlexNet) to the true views, averaged over views. Views smaller
+        than 64 px are upsampled (bilinear) to 64 first: AlexNet's pooling needs the room."""
+        a, b = views.flatten(0, 1).float(), self.truth.targets.flatten(0, 1).float()
+        if a.shape[-1] < LPIPS_MIN_SIZE:
+            a, b = (
+                torch.nn.functional.interpolate(x, size=LPIPS_MIN_SIZE, mode="bilinear")
+                for x in (a, b)
+            )
+        d = torch.cat(
+            [self.lpips(a[i : i + 256], b[i : i + 256]).flatten() for i in range(0, len(a), 256)]
+        )
+        return d.reshape(views.shape[:2]).mean(1).double()
 
     def _three_d(self, views: Tensor) -> dict[str, Tensor]:
         from eval.recon_eval import render_images

@@ -37,10 +37,10 @@ def results_table(rows: list[dict]) -> str:
     head = (
         "| model | method | sampler | steps | NFE | seen PSNR | seen PSNR view 0 | sharpness |"
         " unseen dist | unreadable | FID | KID | consistency PSNR | silhouette IoU | Chamfer |"
-        " e2e PSNR | Δ seen PSNR vs ref | Δ sharpness vs ref | Δ FID vs ref |"
+        " e2e PSNR | LPIPS | Δ seen PSNR vs ref | Δ sharpness vs ref | Δ FID vs ref |"
         " diffusion ms | recon ms | total ms | render ms | throughput/s | peak MB |"
     )
-    lines = [head, "|" + "---|" * 25]
+    lines = [head, "|" + "---|" * 26]
     for r in sorted(
         rows, key=lambda r: (r["method"] != "teacher", r["model"], r["sampler"], r["steps"])
     ):
@@ -50,7 +50,8 @@ def results_table(rows: list[dict]) -> str:
             f"{_ci(r, 'unseen_dist', '.3f')} | {_ci(r, 'averaged_rate')} | {_ci(r, 'fid')} | "
             f"{_ci(r, 'kid', '.4f')} | {_ci(r, 'consistency_psnr')} | "
             f"{_ci(r, 'silhouette_iou', '.3f')} | {_ci(r, 'chamfer', '.4f')} | "
-            f"{_ci(r, 'e2e_psnr')} | {_vs(r, 'seen_psnr')} | {_vs(r, 'sharpness')} | "
+            f"{_ci(r, 'e2e_psnr')} | {_ci(r, 'lpips', '.3f')} | {_vs(r, 'seen_psnr')} | "
+            f"{_vs(r, 'sharpness')} | "
             f"{_vs(r, 'fid')} | {r['diffusion_ms']:.1f} | {r['recon_ms']:.1f} | "
             f"{r['total_ms']:.1f} | {r['render_ms']:.1f} | {r['throughput_per_s']:.2f} | "
             f"{r['peak_mem_mb']:.0f} |"

@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import subprocess
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from eval.plot import pareto_plot
 from eval.quality import QualityAxis, Truth
 from eval.report import VERDICT_METRICS, report, results_table
 from eval.stats import excludes_zero
-from eval.timing import device_name, peak_memory_mb, sync, time_ms
+from eval.timing import RssPeak, device_name, git_commit, peak_memory_mb, sync, time_ms
 from recon.model import Reconstructor
 from scenes.data import open_eval_split
 from scenes.world import model_world, world_id
@@ -62,42 +60,6 @@ class SweepConfig:
     reference_steps: int = 50  # teacher steps of the reference every row is paired against
     skip_unsupported: bool = False  # skip (with the reason) instead of failing
     device: str = "auto"  # auto | cpu | cuda
-
-
-class _RssPeak:
-    """Samples this process's resident memory in a thread (CPU peak-memory figure)."""
-
-    def __enter__(self):
-        import psutil
-
-        self.proc, self.peak, self.stop = psutil.Process(), 0, False
-        self.base = self.proc.memory_info().rss
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-        return self
-
-    def _run(self):
-        while not self.stop:
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def __exit__(self, *a):
-        self.stop = True
-        self.t.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def _commit() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout.strip()
-        return rev + ("+uncommitted" if dirty else "")
-    except Exception:
-        return "unknown"
 
 
 def _folder_hash(folder: str | Path, name: str) -> str:
@@ -143,7 +105,10 @@ class Sweep:
         self.truth = Truth.from_batch(b, ds.rig, ds.world.version)
         self.cond = b["cond"]
         self.seeds = [int(s) for s in b["seeds"]]
-        self.axis = QualityAxis(self.truth, self.recon, self.encoder, cfg.batch, self.device)
+        self.lpips, self.lpips_missing = load_lpips()  # once per sweep
+        self.axis = QualityAxis(
+            self.truth, self.recon, self.encoder, cfg.batch, self.device, self.lpips
+        )
         self.hashes = {
             "teacher": model_weights(self.teacher),
             "recon": _folder_hash(cfg.recon, "model.safetensors"),
@@ -152,6 +117,7 @@ class Sweep:
             "split": cfg.split,
             "seeds": hashlib.sha256(json.dumps(self.seeds).encode()).hexdigest()[:16],
             "axis": AXIS_VERSION,
+            "lpips": self.lpips is not None,
         }
 
     def _load_models(self):
@@ -246,7 +212,7 @@ class Sweep:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             sync(dev)
-            with _RssPeak() as rss:
+            with RssPeak() as rss:
                 t0 = time.perf_counter()
                 pipeline()
                 sync(dev)
@@ -380,11 +346,10 @@ class Sweep:
 
     def write(self, rows: list[dict], pers: dict) -> None:
         usable, unusable, missing = self.usable_metrics()
-        lp, reason = load_lpips()
-        if lp is None:
-            missing["lpips"] = reason
+        if self.lpips is None:
+            missing["lpips"] = self.lpips_missing
         meta = {
-            "commit": _commit(),
+            "commit": git_commit(),
             "config": asdict(self.cfg),
             "device": device_name(self.device),
             "objects": len(self.seeds),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import statistics
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -42,3 +44,39 @@ def peak_memory_mb(device: torch.device | str) -> float | None:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return None
+
+
+class RssPeak:
+    """Samples this process's resident memory in a thread (CPU peak-memory figure)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, False
+        self.base = self.proc.memory_info().rss
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def _run(self):
+        while not self.stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *a):
+        self.stop = True
+        self.t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+        return rev + ("+uncommitted" if dirty else "")
+    except Exception:
+        return "unknown"

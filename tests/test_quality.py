@@ -210,3 +210,40 @@ def test_calibrate_cli_smoke(tmp_path):
     assert noise[0]["seen_psnr"] > noise[1]["seen_psnr"] > noise[2]["seen_psnr"]
     assert res["verdicts"]["sharpness"]["claims"]["blur"]["right_way"]
     assert (tmp_path / "cal" / "calibration.md").read_text().startswith("# Calibration")
+
+
+def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
+    """Random AlexNet weights of the right architecture in a temporary torch cache: the values
+    mean nothing, the test checks the wiring (LPIPS is then computed, not reported missing)."""
+    import torchvision
+
+    from eval.encoder import FeatureEncoder
+    from eval.metrics import ALEXNET_FILE, load_lpips
+    from eval.quality import QualityAxis, Truth
+    from recon.model import ReconConfig, Reconstructor
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        assert load_lpips()[0] is None and "not in the local torch cache" in load_lpips()[1]
+        (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+        torch.save(
+            torchvision.models.alexnet().state_dict(),
+            tmp_path / "hub" / "checkpoints" / ALEXNET_FILE,
+        )
+        lp, reason = load_lpips()
+    finally:
+        torch.hub.set_dir(old)
+    assert lp is not None and reason == ""
+    rig = make_rig(tiny_world)
+    b = make_samples([1, 2, 3], tiny_world, rig)
+    recon = Reconstructor(
+        ReconConfig(
+            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).eval()
+    axis = QualityAxis(Truth.from_batch(b, rig, 2), recon, FeatureEncoder(width=8).eval(), lpips=lp)
+    same = axis.evaluate(b["targets"])
+    other = axis.evaluate(b["targets"].roll(1, 0))
+    assert torch.allclose(same["lpips"], torch.zeros(3, dtype=torch.float64), atol=1e-6)
+    assert (other["lpips"] > 0).all() and "lpips_ci95" in axis.summary(other)
