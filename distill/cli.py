@@ -55,10 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first object")
     p.add_argument("--count", type=int, default=4, help="test objects to sample")
     p.add_argument("--out", default="grid.png", help="output PNG")
-    p = tsub.add_parser("eval", help="view quality vs step count on the test split")
+    p = tsub.add_parser(
+        "eval", help="the quality axis vs step count (val to choose, test to report)"
+    )
     _add_teacher_args(p)
     p.add_argument("--steps", default="1,2,4,8,16,50", help="comma-separated step counts")
-    p.add_argument("--count", type=int, default=64, help="test objects")
+    p.add_argument("--count", type=int, default=64, help="objects of the split")
+    p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split")
     p.add_argument("--out", default="runs/teacher_eval", help="output folder")
 
     # recon
@@ -209,6 +212,7 @@ def run(argv: list[str] | None = None) -> int:
                 args.guidance,
                 args.out,
                 args.data_root,
+                split=args.split,
             )
     elif args.cmd == "recon":
         from distill import recon_cmd

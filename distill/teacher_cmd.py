@@ -129,29 +129,37 @@ def eval_teacher(
     out_dir: str,
     data_root: str,
     encoder_dir: str = "shipped/encoder",
+    split: str = "test",
 ) -> list[dict]:
-    """Quality table (view 0 and unseen views vs truth, sharpness, and FID/KID when the
-    feature encoder exists) per step count, JSON + grid PNG."""
-    from eval.views import quality_table, step_quality, steps_grid, test_objects, write_json
+    """The quality axis per step count (seen side, sharpness, unseen side on world version 2,
+    FID/KID when the feature encoder exists) on ``split`` (val to choose, test to report),
+    JSON + markdown + grid PNG."""
+    from eval.views import eval_objects, quality_table, step_quality, steps_grid, write_json
+    from scenes.world import model_world
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    cond, gt, seeds = test_objects(data_root, count, model.info.image_size)
+    world = model_world(getattr(model, "meta", {}), model.info.image_size)
+    truth, seeds = eval_objects(data_root, split, count, model.info.image_size, world)
     encoder = None
     if encoder_dir and Path(encoder_dir).exists():
         from eval.encoder import FeatureEncoder
 
         encoder = FeatureEncoder.load(encoder_dir)
-    rows, views = step_quality(
-        model, cond, gt, seeds, steps_list, sampler, guidance, encoder=encoder
-    )
+    rows, views = step_quality(model, truth, seeds, steps_list, sampler, guidance, encoder=encoder)
     out = Path(out_dir)
     table = quality_table(rows)
-    write_json({"teacher": teacher_dir, "rows": rows}, out / "quality.json")
-    (out / "quality.md").write_text(table + "\n")
+    meta = {"teacher": teacher_dir, "split": split, "world_version": truth.world_version}
+    write_json({**meta, "rows": rows}, out / "quality.json")
+    (out / "quality.md").write_text(
+        f"Teacher `{teacher_dir}`, {split} split objects 0..{count - 1} (world version"
+        f" {truth.world_version}), {sampler} sampler; ± is the 95% interval over objects.\n\n"
+        + table
+        + "\n"
+    )
     steps_grid(
-        cond,
-        gt,
+        truth.cond,
+        truth.targets,
         views,
         out / "steps_grid.png",
         title=f"teacher, {sampler}, cfg {guidance}: same objects and noise per row",

@@ -66,7 +66,8 @@ class Truth:
 
 class QualityAxis:
     """Computes every figure of generated views [B, V, 3, H, W] against ``truth``; true-side
-    masks, features and renders are computed once."""
+    masks, features and renders are computed once. Without a reconstructor the 3D figures are
+    left out, without an encoder FID/KID."""
 
     def __init__(self, truth: Truth, recon, encoder, batch: int = 32, device="cpu", lpips=None):
         self.truth, self.recon, self.encoder, self.lpips = truth, recon, encoder, lpips
@@ -80,7 +81,7 @@ class QualityAxis:
             alphas.append(_render_depth(g, rig.heldout_viewmats, rig.K, rig.size)[0])
         self.seen_mask, self.object_mask = torch.cat(masks), torch.cat(objs)
         self.heldout_alpha = torch.cat(alphas)
-        self.real_features = features(encoder, truth.targets)
+        self.real_features = features(encoder, truth.targets) if encoder is not None else None
         self.truth_means = unpack_gaussians(truth.gaussians).means
         self.has_backs = truth.world_version >= 2
 
@@ -98,8 +99,10 @@ class QualityAxis:
             out["averaged_rate"] = (out["back_read"] < 0).double()
         if self.lpips is not None:
             out["lpips"] = self._lpips(views)
-        out.update(self._three_d(views))
-        out["features"] = features(self.encoder, views)
+        if self.recon is not None:
+            out.update(self._three_d(views))
+        if self.encoder is not None:
+            out["features"] = features(self.encoder, views)
         return out
 
     def _lpips(self, views: Tensor) -> Tensor:
@@ -163,7 +166,8 @@ class QualityAxis:
             row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
                 lambda idx: unseen_distance(read[idx]), len(read)
             )
-        row.update(distribution_metrics(self.real_features, m["features"]))
+        if "features" in m:
+            row.update(distribution_metrics(self.real_features, m["features"]))
         return row
 
     def paired(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, float]:
@@ -179,7 +183,8 @@ class QualityAxis:
                 lambda idx: unseen_distance(rb[idx]),
                 len(ra),
             )
-        row.update(paired_distribution(self.real_features, a["features"], b["features"]))
+        if "features" in a and "features" in b:
+            row.update(paired_distribution(self.real_features, a["features"], b["features"]))
         return row
 
 

@@ -247,3 +247,40 @@ def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
     other = axis.evaluate(b["targets"].roll(1, 0))
     assert torch.allclose(same["lpips"], torch.zeros(3, dtype=torch.float64), atol=1e-6)
     assert (other["lpips"] > 0).all() and "lpips_ci95" in axis.summary(other)
+
+
+def test_teacher_eval_cli_on_val_split(tiny_teacher_dir, tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "teacher",
+            "eval",
+            "--teacher",
+            str(tiny_teacher_dir),
+            "--steps",
+            "1,2",
+            "--count",
+            "3",
+            "--split",
+            "val",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "ev" / "quality.json").read_text())
+    assert res["split"] == "val" and res["world_version"] == 2
+    assert (tmp_path / "data" / "val" / "manifest.json").exists()
+    assert not (tmp_path / "data" / "test").exists()  # choosing never touches the test split
+    row = res["rows"][1]
+    for k in ("seen_psnr", "seen_psnr_ci95", "seen_psnr_view0", "sharpness", "unseen_dist"):
+        assert k in row, k
+    assert "Copying the condition image" in (tmp_path / "ev" / "quality.md").read_text()
