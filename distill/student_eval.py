@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from eval.compare import compare_rows, compare_table, teacher_reference
-from eval.views import generated_sheet, test_objects
+from eval.views import eval_objects, generated_sheet, test_objects
 from scenes.world import model_world
 from students.sampling import sample_views
 from students.student import load_student
@@ -21,16 +21,19 @@ def record_metrics(
     data_root: str,
     teacher_guidance: float = 1.0,
     max_steps: int = 8,
+    split: str = "val",
 ) -> dict:
-    """Measure a student at its step counts (up to ``max_steps``) on ``count`` test objects and
-    write the figures into its student.json."""
+    """Measure a student at its step counts (up to ``max_steps``) on ``count`` objects of
+    ``split`` (val: these quick figures are what a user compares recipes by) and write the
+    figures into its student.json."""
     folder = Path(folder)
     student = load_student(folder)
     teacher = student.student.net  # same weights as the teacher it was made from
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
     world = model_world(card, student.info.image_size)
-    cond, gt, seeds = test_objects(data_root, count, student.info.image_size, world)
+    truth, seeds = eval_objects(data_root, split, count, student.info.image_size, world)
+    cond, gt = truth.cond, truth.targets
     ref = teacher_reference(
         load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance
     )
@@ -39,7 +42,7 @@ def record_metrics(
     rows = compare_rows({"student": student}, cond, gt, seeds, steps, ref)
     card["metrics"] = {
         "eval_objects": count,
-        "split": "test",
+        "split": split,
         "reference": f"teacher, {REFERENCE_STEPS} steps",
         "by_steps": {
             str(r["steps"]): {

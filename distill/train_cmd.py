@@ -32,7 +32,7 @@ class DistillCommon:
     world: WorldConfig = field(default_factory=WorldConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval_count: int = 16  # test objects for the metrics recorded in student.json (0 = none)
+    eval_count: int = 16  # val objects for the metrics recorded in student.json (0 = none)
 
 
 def schema(method_cls) -> type:

@@ -335,6 +335,7 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     folder = tmp_path / "run" / "student"
     st = load_student(folder)
     assert st.card.method == method and st.card.metrics["by_steps"]
+    assert st.card.metrics["split"] == "val"  # quick figures for choosing: never test
     log = (tmp_path / "run" / "losses.csv").read_text()
     assert log.startswith("step,lr,elapsed_s,loss")
     cost = json.loads((folder / "student.json").read_text())["train_cost"]

@@ -87,6 +87,7 @@ def test_shipped_student_reproduces_its_card(method, default_test_data):
     metrics = st.card.metrics
     steps = st.card.steps[0]
     rec = metrics["by_steps"][str(steps)]
+    assert metrics["split"] == "test"  # the shipped cards were measured on test objects 0..15
     cond, gt, seeds = test_objects(default_test_data, metrics["eval_objects"], st.info.image_size)
     row = compare_rows({method: st}, cond, gt, seeds, [steps], reference=gt)[0]
     assert row["nfe"] == rec["nfe"]
