@@ -23,6 +23,7 @@ from teachers.lab import LabTeacher, LabTeacherConfig
 class ObjectiveConfig:
     t_sampling: str = "logit_normal"  # uniform | logit_normal (SD3)
     cond_dropout: float = 0.1  # null-condition rate, for classifier-free guidance
+    t_shift: float = 1.0  # > 1 moves training times towards noise (SD3 shift)
 
 
 @dataclass
@@ -68,6 +69,7 @@ def train_teacher(args: list[str]) -> Path:
             gen,
             obj.t_sampling,
             obj.cond_dropout,
+            obj.t_shift,
         )
         out = m(tg.x_t.to(dev), tg.t.to(dev), tg.cond.to(dev))
         tg.target = tg.target.to(dev)

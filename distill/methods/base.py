@@ -39,6 +39,13 @@ def sample_t(n: int, gen: torch.Generator, kind: str, lo: float = 0.0, hi: float
     return lo + (hi - lo) * u
 
 
+def shift_t(t: Tensor, shift: float) -> Tensor:
+    """SD3's timestep shift: s t / (1 + (s - 1) t); 1 leaves t unchanged, > 1 favours noise."""
+    if shift <= 0:
+        raise ValueError(f"t_shift must be > 0, got {shift}")
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def drop_condition(cond: Tensor, p: float, gen: torch.Generator) -> Tensor:
     """Replace the condition by the null condition (zeros) with probability p per sample."""
     if p <= 0:
@@ -55,10 +62,12 @@ def diffusion_targets(
     gen: torch.Generator,
     t_sampling: str = "logit_normal",
     cond_dropout: float = 0.1,
+    t_shift: float = 1.0,
 ) -> Targets:
-    """The teacher's own objective: regress the ``prediction`` of (x0, eps) at a random t."""
+    """The teacher's own objective: regress the ``prediction`` of (x0, eps) at a random t.
+    ``t_shift`` > 1 moves the times towards noise (SD3's shift: t' = s t / (1 + (s - 1) t))."""
     b = x0.shape[0]
-    t = sample_t(b, gen, t_sampling)
+    t = shift_t(sample_t(b, gen, t_sampling), t_shift)
     eps = torch.randn(x0.shape, generator=gen)
     return Targets(
         x_t=interpolate(path, x0, eps, t),

@@ -1,0 +1,265 @@
+"""Teacher diagnosis on the val split: train a few recipe variants from scratch at equal compute
+(same network, same updates and batch), then for each kept checkpoint measure
+
+- the teacher's x0 estimate from x_t of the true views, seen-side PSNR of view 0, per noise level
+  (does the condition reach the output at high noise?), and
+- its 50-step Euler samples on the quality axis (seen side, sharpness, unseen side, FID),
+
+against training compute. Writes <out>/diagnosis.json, .md and learning_curve.png; a killed run
+resumes (finished variants are kept, training resumes from its checkpoints).
+
+    python scripts/teacher_diagnosis.py --steps 1500 --every 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    # name: (what it changes, config overrides)
+    "shipped_objective": (
+        "stage 1's objective: logit-normal t",
+        ["objective.t_sampling=logit_normal"],
+    ),
+    "uniform_t": ("uniform t: 2.5x more updates at t > 0.8", ["objective.t_sampling=uniform"]),
+    "shift3_t": (
+        "logit-normal t shifted towards noise (SD3 shift 3)",
+        ["objective.t_sampling=logit_normal", "objective.t_shift=3.0"],
+    ),
+}
+NOISE_LEVELS = (0.2, 0.6, 1.0)
+
+
+def train_variant(name: str, overrides: list[str], a) -> float:
+    run = Path(a.run_root) / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill.cli",
+        "teacher",
+        "train",
+        "configs/teacher/default.yaml",
+        f"run_dir={run}",
+        f"out={run / 'teacher'}",
+        "world.version=2",
+        f"data.root={a.data_root}",
+        f"data.train_count={a.train_count}",
+        f"train.steps={a.steps}",
+        f"train.ckpt_every={a.every}",
+        "train.keep_ckpts=20",
+        *overrides,
+    ]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def load_checkpoint(run: Path, step: int):
+    from teachers.lab import LabTeacher, LabTeacherConfig
+
+    cfg = json.loads((run / "teacher" / "teacher.json").read_text())["config"]
+    model = LabTeacher(LabTeacherConfig(**cfg))
+    folder = run / "checkpoints" / f"step_{step:07d}"
+    sd = load_file(folder / "ema.safetensors")
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+@torch.no_grad()
+def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
+    """Seen-side view-0 PSNR of the x0 estimate from x_t of the true views, per noise level."""
+    from eval.seen import masked_psnr
+    from samplers.paths import convert, get_path, interpolate
+
+    path = get_path(model.path_name)
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(truth.targets.shape, generator=g)
+    out = {}
+    for t in NOISE_LEVELS:
+        tt = torch.full((len(truth),), t)
+        x_t = interpolate(path, truth.targets, eps, tt)
+        pred = torch.cat(
+            [
+                model(x_t[i : i + 32], tt[i : i + 32], truth.cond[i : i + 32])
+                for i in range(0, len(truth), 32)
+            ]
+        )
+        x0 = convert(path, pred, x_t, tt, model.prediction, "x0").clamp(-1, 1)
+        p = masked_psnr(x0[:, 0], truth.targets[:, 0], axis.seen_mask[:, 0])
+        out[f"x0_seen_psnr_view0_t{t}"] = float(torch.nanmean(p))
+    return out
+
+
+def evaluate(model, truth, seeds, axis) -> dict:
+    from students.sampling import sample_views
+
+    row = x0_curve(model, truth, axis, seeds)
+    views, _ = sample_views(model, truth.cond, 50, seeds, "euler", 1.0, batch=32)
+    s = axis.summary(axis.evaluate(views))
+    keys = ("seen_psnr_view0", "seen_psnr", "sharpness", "unseen_dist", "averaged_rate", "fid")
+    for k in keys:
+        row[k], row[k + "_ci95"] = s.get(k), s.get(k + "_ci95")
+    return row
+
+
+def _teacher_minutes(folder: Path) -> float | None:
+    """Training minutes of a teacher: its recorded last stage plus the stages it was initialised
+    from, as far as their folders are here; None when a stage's record is missing."""
+    total = 0.0
+    while True:
+        meta = folder / "teacher.json"
+        if not meta.exists():
+            return None
+        info = json.loads(meta.read_text())
+        total += info.get("train_seconds_last_run", 0.0) / 60
+        if not info.get("init"):
+            return total
+        init = Path(info["init"])
+        folder = init if (init / "teacher.json").exists() else init / "teacher"
+
+
+def _minutes(m: float | None) -> str:
+    return "n/a (stage 1's record is not here)" if m is None else f"{m:.1f}"
+
+
+def write_report(out: Path, res: dict, copy: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("seen_psnr_view0", "50-step seen-side PSNR, view 0 (dB)"),
+        ("x0_seen_psnr_view0_t1.0", "x0 estimate at t = 1, seen view 0 (dB)"),
+        ("sharpness", "50-step sharpness (1 = truth)"),
+        ("unseen_dist", "50-step unseen-side distance"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (k, title) in zip(axes, panels):
+        for name, v in res["variants"].items():
+            pts = v["points"]
+            ax.plot([p["train_minutes"] for p in pts], [p[k] for p in pts], "-o", label=name)
+        ref = res.get("reference")
+        if ref and ref.get("train_minutes"):
+            ax.plot([ref["train_minutes"]], [ref[k]], "k*", ms=10, label="shipped (world 1)")
+        if k.startswith("seen") or k.startswith("x0"):
+            ax.axhline(copy, color="grey", ls="--", lw=0.8, label="copy the condition")
+        ax.set_xlabel("training compute, minutes on this machine")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"teacher recipe variants, val objects 0..{res['objects'] - 1}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=110)
+    plt.close(fig)
+    lines = [
+        "# Teacher diagnosis (val split)",
+        "",
+        f"`scripts/teacher_diagnosis.py`, {res['objects']} val objects of world version 2, the"
+        f" shipped architecture trained from scratch on {res['train_count']} objects, batch 16,"
+        " EMA weights at each checkpoint. Copying the condition into view 0 scores"
+        f" {copy:.2f} dB on the seen pixels.",
+        "",
+        "![curve](learning_curve.png)",
+        "",
+        "| variant | updates | minutes | x0 t=0.2 | x0 t=0.6 | x0 t=1.0 | 50-step seen view 0 |"
+        " seen pooled | sharpness | unseen dist | FID |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in res["variants"].items():
+        for p in v["points"]:
+            lines.append(
+                f"| {name} | {p['step']} | {p['train_minutes']:.1f} | "
+                f"{p['x0_seen_psnr_view0_t0.2']:.2f} | {p['x0_seen_psnr_view0_t0.6']:.2f} | "
+                f"{p['x0_seen_psnr_view0_t1.0']:.2f} | {p['seen_psnr_view0']:.2f} ±"
+                f" {p['seen_psnr_view0_ci95']:.2f} | {p['seen_psnr']:.2f} | {p['sharpness']:.2f} |"
+                f" {p['unseen_dist']:.3f} | {p['fid']:.2f} |"
+            )
+    ref = res.get("reference")
+    if ref:
+        lines.append(
+            f"| shipped teacher ({ref['teacher']}, world version 1, both stages) | 4000 |"
+            f" {_minutes(ref['train_minutes'])} | {ref['x0_seen_psnr_view0_t0.2']:.2f} |"
+            f" {ref['x0_seen_psnr_view0_t0.6']:.2f} | {ref['x0_seen_psnr_view0_t1.0']:.2f} |"
+            f" {ref['seen_psnr_view0']:.2f} ± {ref['seen_psnr_view0_ci95']:.2f} |"
+            f" {ref['seen_psnr']:.2f} | {ref['sharpness']:.2f} | {ref['unseen_dist']:.3f} |"
+            f" {ref['fid']:.2f} |"
+        )
+    lines += ["", *[f"- {n}: {v['what']}" for n, v in res["variants"].items()], ""]
+    (out / "diagnosis.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--every", type=int, default=500)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--train-count", type=int, default=2000)
+    ap.add_argument("--eval-count", type=int, default=64)
+    ap.add_argument("--data-root", default="data/world2")
+    ap.add_argument("--run-root", default="runs/teacher_diag")
+    ap.add_argument("--encoder", default="shipped/encoder")
+    ap.add_argument("--out", default="docs/teacher/diagnosis")
+    ap.add_argument(
+        "--reference", default="shipped/teacher", help="a finished teacher measured alongside"
+    )
+    a = ap.parse_args()
+    from eval.encoder import FeatureEncoder
+    from eval.quality import QualityAxis, copy_baseline
+    from eval.views import eval_objects
+    from scenes.world import WorldConfig
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    truth, seeds = eval_objects(a.data_root, "val", a.eval_count, 32, WorldConfig())
+    axis = QualityAxis(truth, None, FeatureEncoder.load(a.encoder))
+    copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
+    res_path = out / "diagnosis.json"
+    res = json.loads(res_path.read_text()) if res_path.exists() else {"variants": {}}
+    res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
+    if a.reference and "reference" not in res:
+        from teachers.io import load_teacher
+
+        ref = load_teacher(a.reference)
+        minutes = _teacher_minutes(Path(a.reference))
+        res["reference"] = {"teacher": a.reference, "train_minutes": minutes}
+        res["reference"].update(evaluate(ref, truth, seeds, axis))
+        res_path.write_text(json.dumps(res, indent=2))
+    for name in a.variants.split(","):
+        what, overrides = VARIANTS[name]
+        if name in res["variants"] and res["variants"][name]["steps"] == a.steps:
+            continue
+        wall = train_variant(name, overrides, a)
+        run = Path(a.run_root) / name
+        info = json.loads((run / "teacher" / "teacher.json").read_text())
+        per_step = info["train_seconds_last_run"] / a.steps
+        points = []
+        for step in range(a.every, a.steps + 1, a.every):
+            p = {"step": step, "train_minutes": step * per_step / 60}
+            p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
+            points.append(p)
+            print(name, json.dumps(p), flush=True)
+        res["variants"][name] = {
+            "what": what,
+            "overrides": overrides,
+            "steps": a.steps,
+            "wall_s": wall,
+            "points": points,
+        }
+        res_path.write_text(json.dumps(res, indent=2))
+        write_report(out, res, copy)
+
+
+if __name__ == "__main__":
+    main()
