@@ -32,12 +32,13 @@ class Path:
     def alpha(self, t: Tensor) -> Tensor:
         if self.name == "linear":
             return 1.0 - t
-        return torch.cos(0.5 * math.pi * t)
+        # cos(pi/2) is -4.4e-8 in float32: clamp so alpha(1) is exactly 0, never negative
+        return torch.cos(0.5 * math.pi * t).clamp(0.0, 1.0)
 
     def sigma(self, t: Tensor) -> Tensor:
         if self.name == "linear":
             return t
-        return torch.sin(0.5 * math.pi * t)
+        return torch.sin(0.5 * math.pi * t).clamp(0.0, 1.0)
 
     def d_alpha(self, t: Tensor) -> Tensor:
         if self.name == "linear":
@@ -50,7 +51,7 @@ class Path:
         return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
 
     def log_snr(self, t: Tensor) -> Tensor:
-        """lambda(t) = log(alpha / sigma); +inf at t = 0."""
+        """lambda(t) = log(alpha / sigma); +inf at t = 0, -inf at t = 1 (never NaN)."""
         return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
 
 
@@ -109,6 +110,11 @@ def to_x0_eps(
     if prediction == "x0":
         return pred, (x_t - a * pred) / s
     if prediction == "eps":
+        if bool((a == 0).any()):
+            raise ValueError(
+                "an eps-prediction cannot give x0 where alpha(t) = 0 (pure noise): start "
+                "sampling at the model's start_time < 1 (its last trained timestep)"
+            )
         return (x_t - s * pred) / a, pred
     if prediction == "velocity":
         da, ds = path.d_alpha(tb), path.d_sigma(tb)

@@ -84,12 +84,33 @@ def _bt(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.device, x.dtype).expand(x.shape[0])
 
 
+def _linear_coords(path: Path, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Any path as the linear one: y = x / (alpha + sigma) at u = sigma / (alpha + sigma), where
+    dy/du = eps - x0. The identity on the linear path; finite at t = 1 on every path."""
+    a, s = path.alpha(t), path.sigma(t)
+    return x / _bx(a + s, x), s / (a + s)
+
+
+def _bx(v: Tensor, x: Tensor) -> Tensor:
+    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+
+
+def _from_linear(path: Path, y: Tensor, t: Tensor) -> Tensor:
+    return y * _bx(path.alpha(t) + path.sigma(t), y)
+
+
 def sample_euler(den, x, ts, cond, generators=None, callback=None):
-    """Euler on the probability-flow ODE dx/dt = alpha' x0 + sigma' eps."""
+    """Euler on the probability-flow ODE, stepped in the path's linear coordinates (dy/du =
+    eps - x0, see ``_linear_coords``): on the linear path exactly Euler on dx/dt = alpha' x0 +
+    sigma' eps; on every path a perfect denoiser lands on x0 (it is the DDIM step)."""
+    path = den.path
     for i in range(len(ts) - 1):
-        t = _bt(ts[i], x)
+        t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        x = x + (ts[i + 1] - ts[i]).item() * velocity(den.path, x0, eps, t)
+        y, u_t = _linear_coords(path, x, t)
+        u_s = path.sigma(s) / (path.alpha(s) + path.sigma(s))
+        x = _from_linear(path, y + _bx(u_s - u_t, y) * (eps - x0), s)
         if callback:
             callback(i, x, x0)
     return x
@@ -107,18 +128,21 @@ def sample_ddim(den, x, ts, cond, generators=None, callback=None):
 
 
 def sample_heun(den, x, ts, cond, generators=None, callback=None):
-    """Heun's second-order method (Karras et al. 2022); the last step to t=0 is Euler."""
+    """Heun's second-order method (Karras et al. 2022) in the path's linear coordinates (as
+    ``sample_euler``); the last step to t = 0 is Euler."""
+    path = den.path
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
-        h = (ts[i + 1] - ts[i]).item()
         x0, eps = den(x, t, cond)
-        d = velocity(den.path, x0, eps, t)
-        x_e = x + h * d
+        y, u_t = _linear_coords(path, x, t)
+        u_s = path.sigma(s) / (path.alpha(s) + path.sigma(s))
+        h = _bx(u_s - u_t, y)
+        d = eps - x0
+        y_e = y + h * d
         if ts[i + 1] > 0:
-            x0_2, eps_2 = den(x_e, s, cond)
-            x = x + h * 0.5 * (d + velocity(den.path, x0_2, eps_2, s))
-        else:
-            x = x_e
+            x0_2, eps_2 = den(_from_linear(path, y_e, s), s, cond)
+            y_e = y + h * 0.5 * (d + (eps_2 - x0_2))
+        x = _from_linear(path, y_e, s)
         if callback:
             callback(i, x, x0)
     return x
@@ -248,5 +272,9 @@ def generate(
     den = Denoiser(model, get_path(model.path_name), model.prediction, guidance, model_kwargs)
     gens = generators_for(seeds)
     x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
-    x = get_sampler(sampler)(den, x, time_grid(steps, shift), cond.to(p.device, p.dtype), gens)
+    # where the model's sampling starts: 1 (pure noise) unless it was trained only below that,
+    # like a DDPM teacher whose last trained timestep still carries signal
+    t_max = float(getattr(model, "start_time", 1.0))
+    ts = time_grid(steps, shift, t_max)
+    x = get_sampler(sampler)(den, x, ts, cond.to(p.device, p.dtype), gens)
     return (model.decode(x) if decode else x), den.nfe

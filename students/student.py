@@ -132,6 +132,11 @@ class Student(nn.Module):
     def info(self):
         return self.teacher_info
 
+    @property
+    def start_time(self) -> float:
+        """The teacher's start time on the teacher's own path; 1 on any other path."""
+        return float(self.net.start_time) if self._path == self.net.path_name else 1.0
+
     def noise_shape(self) -> tuple[int, ...]:
         return self.net.noise_shape()
 
@@ -340,6 +345,7 @@ class LoadedStudent(nn.Module):
     path_name = property(lambda self: self.student.path_name)
     prediction = property(lambda self: self.student.prediction)
     info = property(lambda self: self.student.info)
+    start_time = property(lambda self: self.student.start_time)
 
     def noise_shape(self):
         return self.student.noise_shape()

@@ -102,6 +102,12 @@ class MultiViewTeacher(nn.Module):
         return self.info.prediction
 
     @property
+    def start_time(self) -> float:
+        """The lab time sampling starts from: 1 (pure noise) unless the model was trained only
+        below it (a DDPM teacher's last trained timestep)."""
+        return 1.0
+
+    @property
     def time_embed_dim(self) -> int:
         raise NotImplementedError
 

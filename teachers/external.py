@@ -118,6 +118,15 @@ class DiffusersTeacher(MultiViewTeacher):
         ac = sched.alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
         return torch.log(ac) - torch.log1p(-ac)  # decreasing in k
 
+    @property
+    def start_time(self) -> float:
+        """Flow teachers start at pure noise; a DDPM teacher at the lab time of its last trained
+        timestep (same log SNR on the cosine path; 1 with a zero-terminal-SNR schedule)."""
+        if self.flow:
+            return 1.0
+        lam_last = float(self.log_snr_k[-1])
+        return float(2 / math.pi * math.atan(math.exp(-lam_last / 2)))
+
     def timesteps(self, t: Tensor) -> Tensor:
         """The model's (fractional) timestep for lab times t."""
         if self.flow:

@@ -116,3 +116,19 @@ def test_bad_folders_are_clear_errors(tmp_path):
     (f / "unet" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="weights do not match"):
         load_teacher(f)
+
+
+def test_eps_ddpm_teacher_starts_at_its_last_trained_timestep(tmp_path):
+    """An eps-prediction DDPM teacher samples from its last trained timestep (still some signal
+    there), not from pure noise, so no step divides by alpha = 0: outputs stay finite and bounded
+    with every sampler."""
+    t = load_teacher(_pixel_teacher(tmp_path / "eps", prediction="epsilon"))
+    ac = DDPMScheduler(beta_schedule="scaled_linear").alphas_cumprod.double()
+    want = 2 / math.pi * math.acos(math.sqrt(float(ac[-1])))  # cos^2(pi t / 2) = alpha_bar
+    assert t.prediction == "eps" and t.start_time == pytest.approx(want, abs=1e-6)
+    assert float(t.timesteps(torch.tensor([t.start_time]))) == pytest.approx(999, abs=1e-3)
+    cond = torch.rand(2, 3, 8, 8) * 2 - 1
+    for sampler in ("euler", "ddim", "heun", "dpmpp"):
+        for steps in (1, 4):
+            views, _ = generate(t, cond, steps, [1, 2], sampler, decode=False)
+            assert torch.isfinite(views).all() and views.abs().max() < 1e3, (sampler, steps)

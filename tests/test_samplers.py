@@ -140,3 +140,37 @@ def test_guided_with_unit_scales_makes_no_null_condition_pass():
     b = guided(model, x, t, c, torch.tensor([1.0, 2.0, 1.0]))
     assert calls == [6]  # one conditional and one null-condition pass per sample
     assert torch.allclose(b, x + torch.tensor([[1.0], [2.0], [1.0]]))  # u + w (c - u), c = u + 1
+
+
+@pytest.mark.parametrize("path_name", ["linear", "cosine"])
+@pytest.mark.parametrize("prediction", ["velocity", "v", "x0", "eps"])
+@pytest.mark.parametrize("name", ["euler", "ddim", "heun", "dpmpp"])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_every_path_prediction_sampler_lands_on_x0_in_float32(path_name, prediction, name, steps):
+    """A perfect denoiser with float32 time grids (as sampling uses them): every combination
+    lands on x0 and never yields NaN or Inf; eps models start just below pure noise."""
+    x0 = X0.float()
+    model = perfect_model(path_name, prediction, x0)
+    den = Denoiser(model, get_path(path_name), prediction)
+    gens = generators_for([5, 6])
+    x = per_sample_noise(x0.shape[1:], gens, dtype=torch.float32)
+    t_max = 0.98 if prediction == "eps" else 1.0
+    out = get_sampler(name)(den, x, time_grid(steps, t_max=t_max), None, gens)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, x0, atol=2e-4), (out - x0).abs().max()
+
+
+def test_cosine_path_endpoints_exact_in_float32():
+    p = get_path("cosine")
+    t = torch.tensor([0.0, 1.0])
+    assert p.alpha(t).tolist() == [1.0, 0.0] and p.sigma(t).tolist() == [0.0, 1.0]
+    lam = p.log_snr(t)
+    assert lam[0] == float("inf") and lam[1] == float("-inf")
+
+
+def test_eps_prediction_at_pure_noise_is_a_clear_error():
+    model = perfect_model("cosine", "eps", X0.float())
+    den = Denoiser(model, get_path("cosine"), "eps")
+    x = torch.randn(2, 1, 3, 4, 4)
+    with pytest.raises(ValueError, match="start_time < 1"):
+        get_sampler("euler")(den, x, time_grid(2), None, None)
