@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
     p.add_argument("--quick", action="store_true", help="small cases only (for smoke tests)")
 
+    p = bsub.add_parser(
+        "lora", help="a LoRA student's network call, unmerged and merged, vs teacher"
+    )
+    p.add_argument("--student", default="shipped/students/dmd2", help="a LoRA student folder")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
+    p.add_argument("--out", default="runs/bench/lora.json", help="output JSON")
+
     # teacher
     teacher = sub.add_parser("teacher", help="train, sample and evaluate the multi-view teacher")
     tsub = teacher.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
@@ -182,6 +189,10 @@ def run(argv: list[str] | None = None) -> int:
             data_cmd.make(args.split, args.count, _root_arg(args) + args.config)
         else:
             data_cmd.show(args.seed, args.out, args.config)
+    elif args.cmd == "bench" and args.sub == "lora":
+        from distill.bench_lora import bench_lora
+
+        bench_lora(args.student, args.out, repeats=args.repeats)
     elif args.cmd == "bench":
         from distill.bench import bench_render
 

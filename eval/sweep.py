@@ -59,6 +59,7 @@ class SweepConfig:
     throughput_batch: int = 16
     reference_steps: int = 50  # teacher steps of the reference every row is paired against
     skip_unsupported: bool = False  # skip (with the reason) instead of failing
+    merge_lora: bool = True  # LoRA students sample with adapters merged (as served)
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -127,7 +128,8 @@ class Sweep:
                 models["teacher"] = self.teacher
                 continue
             try:
-                st = load_student(m, teacher=self.teacher).to(self.device)
+                st = load_student(m, teacher=self.teacher, merge=self.cfg.merge_lora)
+                st = st.to(self.device)
             except (FileNotFoundError, ValueError) as e:
                 if not self.cfg.skip_unsupported:
                     raise
@@ -145,6 +147,7 @@ class Sweep:
             "steps": steps,
             "guidance": self.cfg.teacher_guidance,
             "batch": self.cfg.batch,
+            "merged": bool(getattr(model, "merge", False)),
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

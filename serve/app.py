@@ -61,6 +61,7 @@ class ServeConfig:
     sweep: str = "docs/sweep/results.json"  # sweep results: /v1/students and latency budgets
     latency_ms: float = 0.0  # default latency budget for requests naming no student/steps (0: off)
     budget_quality: str = "fid"  # the sweep column a latency budget maximises (fid: lower wins)
+    merge_lora: bool = True  # LoRA students run with their adapters merged (private copy)
     preload_front: bool = True  # load the sweep's Pareto-front students at start, for budgets
     admin_token: str = ""  # bearer token for admin routes (default: $DISTILL_ADMIN_TOKEN)
     device: str = "auto"
@@ -158,6 +159,7 @@ class Server:
             self.cfg.reconstructor,
             device=self.cfg.device,
             teacher=self.teacher if name != "teacher" else None,
+            merge_lora=self.cfg.merge_lora,
         )
         pipe.name = name
         size = pipe.image_size

@@ -74,14 +74,17 @@ class Pipeline:
         teacher_dir: str | Path | None = None,
         device: str = "auto",
         teacher=None,
+        merge_lora: bool = True,
     ) -> Pipeline:
-        """Load a student (folder with student.json) or a teacher folder, and the reconstructor."""
+        """Load a student (folder with student.json) or a teacher folder, and the reconstructor.
+        A LoRA student samples with its adapters merged into a private copy of the weights
+        unless ``merge_lora`` is false."""
         dev = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
         folder = Path(model_dir)
         if (folder / "student.json").exists():
-            model = load_student(folder, teacher=teacher, teacher_dir=teacher_dir)
+            model = load_student(folder, teacher=teacher, teacher_dir=teacher_dir, merge=merge_lora)
         else:
             model = load_teacher(folder)
         recon = Reconstructor.load(reconstructor_dir)

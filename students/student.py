@@ -324,10 +324,14 @@ def read_card(folder: str | Path) -> StudentCard:
 class LoadedStudent(nn.Module):
     """A student folder ready to sample: picks the weights trained for the asked step count."""
 
-    def __init__(self, student: Student, card: StudentCard, folder: Path):
+    def __init__(self, student: Student, card: StudentCard, folder: Path, merge: bool = False):
         super().__init__()
         self.student, self.card, self.folder = student, card, folder
         self._stage = None
+        # merge=True: sample with a private copy whose LoRA is folded into the base weights (one
+        # per stage, built on first use), so a call costs what the teacher's call costs
+        self.merge = merge and getattr(student, "lora_config", None) is not None
+        self.merged = nn.ModuleDict()  # stage -> merged copy (moves with .to())
 
     def use_steps(self, steps: int) -> None:
         if steps not in self.card.steps:
@@ -340,6 +344,18 @@ class LoadedStudent(nn.Module):
             where = self.folder / stage if stage else self.folder
             self.student.load_trainable_state(_read_weights(self.student, where))
             self._stage = stage
+            key = stage or "main"
+            if self.merge and key not in self.merged:
+                self.merged[key] = merged_copy(self.student)
+
+    def runner(self) -> nn.Module:
+        """The module that computes the output: the merged copy of the current stage or the
+        student itself."""
+        if self.merge:
+            if self._stage is None and "main" not in self.merged:
+                self.merged["main"] = merged_copy(self.student)
+            return self.merged[self._stage or "main"]
+        return self.student
 
     # sampleable interface (delegates)
     path_name = property(lambda self: self.student.path_name)
@@ -354,7 +370,7 @@ class LoadedStudent(nn.Module):
         return self.student.decode(x)
 
     def forward(self, *args, **kw):
-        return self.student(*args, **kw)
+        return self.runner()(*args, **kw)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, steps: int, seeds: list[int], decode: bool = True):
@@ -370,13 +386,32 @@ class LoadedStudent(nn.Module):
         )
 
 
+def merged_copy(student: Student) -> Student:
+    """A private copy of a LoRA student with every adapter folded into its base layer and the
+    LoRA wrappers removed (the network of the teacher's shape and cost); the original keeps its
+    adapters. A student without LoRA is returned as a plain copy."""
+    from peft.tuners.lora import LoraLayer
+
+    m = copy.deepcopy(student)
+    for name, mod in list(m.net.named_modules()):
+        if isinstance(mod, LoraLayer):
+            mod.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = m.net.get_submodule(parent_name) if parent_name else m.net
+            setattr(parent, child, mod.get_base_layer())
+    m.lora_config = None
+    return m.requires_grad_(False).eval()
+
+
 def load_student(
     folder: str | Path,
     teacher: MultiViewTeacher | None = None,
     teacher_dir: str | Path | None = None,
+    merge: bool = False,
 ) -> LoadedStudent:
     """Load a student folder against its teacher (``teacher`` or its folder, else the one the
-    card names). A teacher with other weights than the student was made from is an error."""
+    card names). A teacher with other weights than the student was made from is an error.
+    ``merge``: sample with LoRA folded into a private copy of the weights (inference)."""
     from teachers.io import load_teacher
 
     folder = Path(folder)
@@ -398,4 +433,4 @@ def load_student(
     st = Student(teacher, cfg, path=card.path, prediction=card.prediction)
     st.teacher_weights = card.teacher_weights
     st.load_trainable_state(_read_weights(st, folder))
-    return LoadedStudent(st, card, folder).eval()
+    return LoadedStudent(st, card, folder, merge=merge).eval()

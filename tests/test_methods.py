@@ -556,3 +556,68 @@ def test_dmd2_gan_head_trains_and_its_shift_is_the_gan_gradient(tiny_teacher_dir
     reg = ((x2 - (x_hat - shift)) ** 2).flatten(1).mean(1).mean()
     (via_target,) = torch.autograd.grad(reg, x2)
     assert direct.abs().max() > 0 and torch.allclose(via_target, direct, atol=1e-7, rtol=1e-4)
+
+
+def test_merged_lora_student_matches_and_drops_the_adapters(tiny_teacher_dir, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    from students.student import StudentCard, load_student, merged_copy, save_student
+
+    t = load_teacher(tiny_teacher_dir)
+    torch.manual_seed(3)
+    s = Student(t, StudentConfig(lora_rank=4, second_time=True))
+    with torch.no_grad():  # non-zero adapters (LoRA's B starts at zero)
+        for n, p in s.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    x, tt, c = _inputs()
+    d = torch.rand(2)
+    m = merged_copy(s)
+    assert not any(isinstance(mod, LoraLayer) for mod in m.modules())
+    assert any(isinstance(mod, LoraLayer) for mod in s.modules())  # the original keeps them
+    assert sum(p.numel() for p in m.net.parameters()) == sum(p.numel() for p in t.parameters())
+    with torch.no_grad():
+        a, b = s(x, tt, c, s=d), m(x, tt, c, s=d)
+    assert (a - t(x, tt, c)).abs().max() > 1e-3  # the adapters change the output
+    assert torch.allclose(a, b, atol=1e-5)
+    # a saved LoRA student loaded with merge=True samples like the unmerged one
+    card = StudentCard(
+        method="shortcut",
+        teacher_dir=str(tiny_teacher_dir),
+        teacher_weights=s.teacher_weights,
+        teacher_kind="lab",
+        path="linear",
+        prediction="velocity",
+        sampler="shortcut",
+        steps=[1, 2],
+    )
+    save_student(s, tmp_path / "st", card, dtype=torch.float32)
+    plain, merged = load_student(tmp_path / "st"), load_student(tmp_path / "st", merge=True)
+    cond = torch.rand(2, 3, 16, 16) * 2 - 1
+    v1, _ = plain.sample(cond, 2, [1, 2])
+    v2, _ = merged.sample(cond, 2, [1, 2])
+    assert torch.allclose(v1, v2, atol=1e-4)
+    assert not any(isinstance(mod, LoraLayer) for mod in merged.runner().modules())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "bench",
+            "lora",
+            "--student",
+            str(tmp_path / "st"),
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "lora.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "lora.json").read_text())
+    assert rep["max_abs_output_difference"] < 1e-4 and rep["merged_over_teacher"] > 0
+    assert set(rep["call_ms"]) == {"teacher", "student_unmerged", "student_merged"}
