@@ -10,7 +10,6 @@ from eval.metrics import psnr
 from eval.stats import mean_ci
 from eval.views import view_metrics
 from students.sampling import sample_views
-from students.student import LoadedStudent
 
 
 def compare_rows(
@@ -28,9 +27,9 @@ def compare_rows(
     ``reference`` (the 50-step teacher's views from the same noise)."""
     rows = []
     for name, model in models.items():
-        method = model.card.method if isinstance(model, LoadedStudent) else "teacher"
+        method = model.method
         for steps in steps_list:
-            if isinstance(model, LoadedStudent) and steps not in model.card.steps:
+            if model.supported_steps is not None and steps not in model.supported_steps:
                 if skip_unsupported:
                     continue
             views, nfe = sample_views(model, cond, steps, seeds, teacher_sampler, teacher_guidance)

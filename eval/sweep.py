@@ -33,7 +33,7 @@ from recon.model import Reconstructor
 from scenes.data import open_eval_split
 from scenes.world import model_world, world_id
 from students.sampling import sample_views
-from students.student import LoadedStudent, load_student
+from students.student import load_student
 from teachers.base import file_hash
 from teachers.io import load_teacher
 
@@ -68,17 +68,6 @@ def _folder_hash(folder: str | Path, name: str) -> str:
     return file_hash(p) if p.exists() else "missing"
 
 
-def model_weights(model) -> str:
-    """Hash of the weights a model samples with: every weights file of a student folder (its
-    per-step stages included), the teacher's own weights id."""
-    if isinstance(model, LoadedStudent):
-        h = hashlib.sha256()
-        for f in sorted(model.folder.rglob("*.safetensors")):
-            h.update(f"{f.relative_to(model.folder)}:{file_hash(f)}".encode())
-        return h.hexdigest()[:16]
-    return getattr(model, "weights_id", "") or "unknown"
-
-
 class Sweep:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
@@ -111,7 +100,7 @@ class Sweep:
             self.truth, self.recon, self.encoder, cfg.batch, self.device, self.lpips
         )
         self.hashes = {
-            "teacher": model_weights(self.teacher),
+            "teacher": self.teacher.weights_key(),
             "recon": _folder_hash(cfg.recon, "model.safetensors"),
             "encoder": _folder_hash(cfg.encoder, "model.safetensors"),
             "world": world_id(ds.world),
@@ -142,7 +131,7 @@ class Sweep:
         """Hash of everything a cell's figures depend on."""
         key = {
             **self.hashes,
-            "model": model_weights(model),
+            "model": model.weights_key(),
             "sampler": sampler,
             "steps": steps,
             "guidance": self.cfg.teacher_guidance,
@@ -179,7 +168,7 @@ class Sweep:
                 per["teacher_psnr"] = psnr(views, reference).mean(1)
         row = {
             "model": name,
-            "method": _method(model),
+            "method": model.method,
             "sampler": sampler,
             "steps": steps,
             "nfe": nfe,
@@ -239,15 +228,14 @@ class Sweep:
     def cells(self) -> list[tuple[str, object, str, int]]:
         out = []
         for name, model in self.models.items():
-            samplers = (
-                self.cfg.samplers if not isinstance(model, LoadedStudent) else [model.card.sampler]
-            )
+            samplers = [model.own_sampler] if model.own_sampler else self.cfg.samplers
             for sampler in samplers:
                 for steps in self.cfg.steps:
-                    if isinstance(model, LoadedStudent) and steps not in model.card.steps:
+                    supported = model.supported_steps
+                    if supported is not None and steps not in supported:
                         reason = (
-                            f"{name} ({model.card.method}) does not support {steps} steps;"
-                            f" supported: {model.card.steps}"
+                            f"{name} ({model.method}) does not support {steps} steps;"
+                            f" supported: {supported}"
                         )
                         if not self.cfg.skip_unsupported:
                             raise ValueError(reason + " (set skip_unsupported=true to skip)")
@@ -388,16 +376,13 @@ class Sweep:
         print(f"wrote {self.out / 'results.json'}, results.csv, pareto.png, report.md")
 
 
-def _method(model) -> str:
-    return model.card.method if isinstance(model, LoadedStudent) else "teacher"
-
-
 def _train_seconds(model) -> float:
     """A student's whole measured training cost (preparation included: ``train_cost.wall_s``);
     cards made before it was recorded give their loop time only."""
-    if isinstance(model, LoadedStudent):
-        cost = model.card.train_cost or {}
+    card = getattr(model, "card", None)
+    if card is not None:
+        cost = card.train_cost or {}
         if "wall_s" in cost:
             return float(cost["wall_s"])
-        return float(model.card.train_config.get("train_seconds", 0.0))
+        return float(card.train_config.get("train_seconds", 0.0))
     return 0.0

@@ -21,8 +21,7 @@ from torch import Tensor
 from recon.gaussians import Gaussians
 from recon.model import Reconstructor
 from students.sampling import sample_views
-from students.student import LoadedStudent, load_student
-from teachers.base import weights_hash
+from students.student import load_student
 from teachers.io import load_teacher
 
 TEACHER_STEPS = [1, 2, 4, 8, 16, 25, 50]  # step counts a teacher is served at
@@ -56,14 +55,15 @@ class Pipeline:
         world = model_world(info, recon.cfg.image_size)
         self.rig = make_rig(world)
         self.image_size = recon.cfg.image_size
-        if isinstance(model, LoadedStudent):
-            self.method, self.steps = model.card.method, list(model.card.steps)
-            self.weights = model.card.weights
-            self.card = json.loads((folder / "student.json").read_text())
-        else:
-            self.method, self.steps = "teacher", TEACHER_STEPS
-            self.weights = getattr(model, "weights_id", "") or weights_hash(model)
-            self.card = {"method": "teacher", "steps": self.steps, "weights": self.weights}
+        self.method = model.method
+        self.steps = model.supported_steps or TEACHER_STEPS
+        self.weights = model.weights_key()
+        card = folder / "student.json"
+        self.card = (
+            json.loads(card.read_text())
+            if card.exists()
+            else {"method": self.method, "steps": self.steps, "weights": self.weights}
+        )
         self.default_steps = min(self.steps) if self.method != "teacher" else 50
 
     @classmethod

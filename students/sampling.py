@@ -5,9 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from samplers.sampling import generate
-from students.student import LoadedStudent
-
 
 @torch.no_grad()
 def sample_views(
@@ -20,14 +17,12 @@ def sample_views(
     batch: int = 32,
 ) -> tuple[Tensor, int]:
     """Views [N, V, 3, H, W] for every condition image, in batches; and the NFE per sample.
-    Students use their own sampler (and guidance input); teachers use ``sampler``/``guidance``."""
+    Students use their own sampler (and guidance input); teachers use ``sampler``/``guidance``
+    (the sampleable interface: ``model.sample``)."""
     dev = next(model.parameters()).device
     outs, nfe = [], 0
     for i in range(0, cond.shape[0], batch):
         c, sd = cond[i : i + batch].to(dev), seeds[i : i + batch]
-        if isinstance(model, LoadedStudent):
-            v, nfe = model.sample(c, steps, sd)
-        else:
-            v, nfe = generate(model, c, steps, sd, sampler, guidance)
+        v, nfe = model.sample(c, steps, sd, sampler, guidance)
         outs.append(v.float().cpu())
     return torch.cat(outs), nfe

@@ -16,6 +16,7 @@ embeddings), and ``stages/<steps>/`` for methods that train one set of weights p
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import time
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from samplers.paths import check_prediction, get_path, to_x0_eps
-from teachers.base import MultiViewTeacher, weights_hash
+from teachers.base import MultiViewTeacher, file_hash, weights_hash
 
 LORA_TARGETS = [
     "to_q",
@@ -372,9 +373,30 @@ class LoadedStudent(nn.Module):
     def forward(self, *args, **kw):
         return self.runner()(*args, **kw)
 
+    # the sampleable interface (shared with teachers)
+    method = property(lambda self: self.card.method)
+    supported_steps = property(lambda self: list(self.card.steps))
+    own_sampler = property(lambda self: self.card.sampler)
+
+    def weights_key(self) -> str:
+        """Hash of every weights file of the folder (per-step stages included)."""
+        h = hashlib.sha256()
+        for f in sorted(self.folder.rglob("*.safetensors")):
+            h.update(f"{f.relative_to(self.folder)}:{file_hash(f)}".encode())
+        return h.hexdigest()[:16]
+
     @torch.no_grad()
-    def sample(self, cond: Tensor, steps: int, seeds: list[int], decode: bool = True):
-        """Views [B, V, 3, H, W] with this student's own sampler at ``steps``; and the NFE."""
+    def sample(
+        self,
+        cond: Tensor,
+        steps: int,
+        seeds: list[int],
+        sampler: str | None = None,
+        guidance: float | None = None,
+        decode: bool = True,
+    ):
+        """Views [B, V, 3, H, W] with this student's own sampler at ``steps`` (``sampler`` and
+        ``guidance`` are the teacher's settings and ignored); and the NFE."""
         from samplers.sampling import generate
 
         self.use_steps(steps)

@@ -101,6 +101,30 @@ class MultiViewTeacher(nn.Module):
     def prediction(self) -> str:
         return self.info.prediction
 
+    # --- the sampleable interface (shared with loaded students) -------------------------------
+    method = "teacher"
+    supported_steps: list[int] | None = None  # any step count
+    own_sampler: str | None = None  # callers choose the sampler
+    weights_id: str = ""  # file hash of the weights, set when loaded from a folder
+
+    def weights_key(self) -> str:
+        """The one hash that identifies these weights (caches, serving, cards)."""
+        return self.weights_id or weights_hash(self)
+
+    def sample(
+        self,
+        cond: Tensor,
+        steps: int,
+        seeds: list[int],
+        sampler: str = "euler",
+        guidance: float = 1.0,
+        decode: bool = True,
+    ) -> tuple[Tensor, int]:
+        """Views [B, V, 3, H, W] (model space with ``decode=False``) and the NFE per sample."""
+        from samplers.sampling import generate
+
+        return generate(self, cond, steps, seeds, sampler, guidance, decode=decode)
+
     @property
     def start_time(self) -> float:
         """The lab time sampling starts from: 1 (pure noise) unless the model was trained only
