@@ -145,16 +145,18 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
     def baseline(v):
         return unproject_baseline(v.to(dev), vm.to(dev), Ks.to(dev), ds.world.distance)
 
+    lp, reason = load_lpips()
     res = {"recon": recon_dir, "objects": count, "split": "test"}
-    res.update(evaluate(reconstruct, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K))
+    res.update(
+        evaluate(reconstruct, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K, lpips=lp)
+    )
     res.update(latency(reconstruct, b["targets"], rig.heldout_viewmats, K, dev))
     base = evaluate(baseline, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K)
     base.update(latency(baseline, b["targets"], rig.heldout_viewmats, K, dev))
     res["baseline"] = {"name": "unproject input pixels at the rig distance", **base}
     res["psnr_gain_db"] = res["psnr"] - base["psnr"]
-    lp, reason = load_lpips()
-    res["lpips"] = None
     if lp is None:
+        res["lpips"] = None
         res["lpips_missing"] = reason
     path = write_json(res, Path(out) / "recon_eval.json")
     print(

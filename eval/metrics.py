@@ -45,3 +45,22 @@ def load_lpips():
     import lpips
 
     return lpips.LPIPS(net="alex", verbose=False).eval(), ""
+
+
+LPIPS_MIN_SIZE = 64  # AlexNet's pooling needs the room: smaller views are upsampled first
+
+
+def lpips_distance(model, a: Tensor, b: Tensor, batch: int = 256) -> Tensor:
+    """LPIPS per image for [..., 3, H, W] in [-1, 1] -> [...]; views smaller than 64 px are
+    upsampled (bilinear) to 64 first."""
+    lead = a.shape[:-3]
+    x, y = a.reshape(-1, *a.shape[-3:]).float(), b.reshape(-1, *b.shape[-3:]).float()
+    if x.shape[-1] < LPIPS_MIN_SIZE:
+        x, y = (
+            torch.nn.functional.interpolate(z, size=LPIPS_MIN_SIZE, mode="bilinear") for z in (x, y)
+        )
+    with torch.no_grad():
+        d = torch.cat(
+            [model(x[i : i + batch], y[i : i + batch]).flatten() for i in range(0, len(x), batch)]
+        )
+    return d.reshape(lead)

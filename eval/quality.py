@@ -14,7 +14,7 @@ from torch import Tensor
 
 from eval.distribution import distribution_metrics, features, paired_distribution
 from eval.geometry import chamfer, silhouette_iou
-from eval.metrics import psnr, ssim
+from eval.metrics import lpips_distance, psnr, ssim
 from eval.seen import ALPHA_MIN, _render_depth, seen_metrics, visible_mask
 from eval.sharpness import sharpness_ratio
 from eval.stats import mean_ci, paired_ci, paired_set_ci, set_ci
@@ -37,7 +37,6 @@ PER_OBJECT = {
     "unseen_psnr": True,
     "lpips": False,  # only where LPIPS's backbone weights are on disk
 }
-LPIPS_MIN_SIZE = 64
 SET_METRICS = {"unseen_dist": False, "fid": False, "kid": False}
 
 
@@ -106,18 +105,8 @@ class QualityAxis:
         return out
 
     def _lpips(self, views: Tensor) -> Tensor:
-        """Per-object LPIPS (AlexNet) to the true views, averaged over views. Views smaller
-        than 64 px are upsampled (bilinear) to 64 first: AlexNet's pooling needs the room."""
-        a, b = views.flatten(0, 1).float(), self.truth.targets.flatten(0, 1).float()
-        if a.shape[-1] < LPIPS_MIN_SIZE:
-            a, b = (
-                torch.nn.functional.interpolate(x, size=LPIPS_MIN_SIZE, mode="bilinear")
-                for x in (a, b)
-            )
-        d = torch.cat(
-            [self.lpips(a[i : i + 256], b[i : i + 256]).flatten() for i in range(0, len(a), 256)]
-        )
-        return d.reshape(views.shape[:2]).mean(1).double()
+        """Per-object LPIPS (AlexNet) to the true views, averaged over views."""
+        return lpips_distance(self.lpips, views, self.truth.targets).mean(1).double()
 
     def _three_d(self, views: Tensor) -> dict[str, Tensor]:
         from eval.recon_eval import render_images

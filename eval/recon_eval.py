@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from eval.geometry import chamfer
-from eval.metrics import psnr, ssim
+from eval.metrics import lpips_distance, psnr, ssim
 from eval.stats import mean_ci
 from eval.timing import device_name, time_ms
 from recon.cameras import camera_rays
@@ -46,16 +46,25 @@ def render_images(g: Gaussians, viewmats: Tensor, K: Tensor, size: int) -> Tenso
 
 
 def recon_metrics(
-    g: Gaussians, heldout: Tensor, heldout_vm: Tensor, K: Tensor, truth_means: Tensor
+    g: Gaussians,
+    heldout: Tensor,
+    heldout_vm: Tensor,
+    K: Tensor,
+    truth_means: Tensor,
+    lpips=None,
 ) -> dict[str, Tensor]:
-    """Per-object held-out PSNR/SSIM and Chamfer distance of opacity-weighted centres."""
+    """Per-object held-out PSNR/SSIM (and LPIPS with its model) and Chamfer distance of
+    opacity-weighted centres."""
     size = heldout.shape[-1]
     img = render_images(g, heldout_vm, K, size).cpu()
-    return {
+    out = {
         "psnr": psnr(img, heldout).mean(1),
         "ssim": ssim(img, heldout).mean(1),
         "chamfer": chamfer(g.means.cpu(), g.opacities.cpu(), truth_means),
     }
+    if lpips is not None:
+        out["lpips"] = lpips_distance(lpips, img, heldout).mean(1)
+    return out
 
 
 def summarize(per_object: dict[str, Tensor]) -> dict[str, float]:
@@ -73,13 +82,16 @@ def evaluate(
     heldout_vm: Tensor,
     K: Tensor,
     batch: int = 16,
+    lpips=None,
 ) -> dict[str, float]:
     """Mean metrics over objects of ``reconstruct(views [B, V, 3, H, W]) -> Gaussians``."""
     parts: dict[str, list[Tensor]] = {}
     with torch.inference_mode():
         for i in range(0, targets.shape[0], batch):
             g = reconstruct(targets[i : i + batch])
-            m = recon_metrics(g, heldout[i : i + batch], heldout_vm, K, truth_means[i : i + batch])
+            m = recon_metrics(
+                g, heldout[i : i + batch], heldout_vm, K, truth_means[i : i + batch], lpips
+            )
             for k, v in m.items():
                 parts.setdefault(k, []).append(v)
     return summarize({k: torch.cat(v) for k, v in parts.items()})

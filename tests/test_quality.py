@@ -247,6 +247,21 @@ def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
     other = axis.evaluate(b["targets"].roll(1, 0))
     assert torch.allclose(same["lpips"], torch.zeros(3, dtype=torch.float64), atol=1e-6)
     assert (other["lpips"] > 0).all() and "lpips_ci95" in axis.summary(other)
+    # the reconstructor's evaluation reports it too
+    from eval.recon_eval import evaluate
+    from scenes.world import unpack_gaussians
+
+    vm, K = rig.target_viewmats, rig.K
+    res = evaluate(
+        lambda v: recon(v, vm, K.expand(len(vm), 3, 3)),
+        b["targets"],
+        b["heldout"],
+        unpack_gaussians(b["gaussians"]).means,
+        rig.heldout_viewmats,
+        K,
+        lpips=lp,
+    )
+    assert res["lpips"] > 0 and "lpips_ci95" in res
 
 
 def test_teacher_eval_cli_on_val_split(tiny_teacher_dir, tmp_path):
