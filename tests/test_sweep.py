@@ -67,7 +67,7 @@ def load_teacher_dir(assets):
 
 
 def test_sweep_outputs_and_resume(sweep_assets, tiny_data_root, tmp_path):
-    sw = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path))
+    sw = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, calibration=str(tmp_path / "no.json")))
     rows = sw.run()
     assert len(rows) == 4
     out = tmp_path / "sw"
@@ -115,7 +115,9 @@ def test_sweep_outputs_and_resume(sweep_assets, tiny_data_root, tmp_path):
     assert "fails its calibration" not in report and "no calibration at" in report
     # a rerun reuses every finished cell and gives the same quality figures
     before = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
-    rows2 = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path)).run()
+    rows2 = Sweep(
+        _cfg(sweep_assets, tiny_data_root, tmp_path, calibration=str(tmp_path / "no.json"))
+    ).run()
     after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
     assert before == after
     assert [x["e2e_psnr"] for x in rows2] == [x["e2e_psnr"] for x in rows]
