@@ -113,7 +113,8 @@ def verdict_lines(verdicts: list[dict]) -> list[str]:
 
 
 def match_lines(rows: list[dict], metrics: list[str], ref_label: str) -> list[str]:
-    """Which students match the reference (paired interval includes zero) at 1, 2 and 4 steps."""
+    """Which students match the reference (paired interval includes zero) at 1, 2 and 4 steps.
+    Sharpness has no better side: it reads as grainier (higher) or smoother (lower)."""
     lines = []
     for steps in (1, 2, 4):
         cand = [r for r in rows if r["steps"] == steps and r["method"] != "teacher"]
@@ -131,10 +132,12 @@ def match_lines(rows: list[dict], metrics: list[str], ref_label: str) -> list[st
                     better.append(r["model"])
                 else:
                     worse.append(r["model"])
+            up, down = ("grainier", "smoother") if m == "sharpness" else ("better", "worse")
+            higher, lower = better, worse  # for sharpness "better" collected the higher ones
             lines.append(
                 f"- {steps} step{'s' if steps > 1 else ''}, {m}: match {ref_label}: "
-                f"{', '.join(same) or 'none'}; worse: {', '.join(worse) or 'none'}; better: "
-                f"{', '.join(better) or 'none'}"
+                f"{', '.join(same) or 'none'}; {down}: {', '.join(lower) or 'none'}; {up}: "
+                f"{', '.join(higher) or 'none'}"
             )
     return lines
 
@@ -175,7 +178,10 @@ def report(rows: list[dict], meta: dict) -> str:
         "",
         f"## Which students match {ref}",
         "",
-        *match_lines(rows, usable, ref),
+        "Per calibrated metric, on the same objects and noise (finetune is the control, the"
+        " teacher's own weights trained briefly on the data).",
+        "",
+        *match_lines(rows, usable + (["sharpness"] if meta.get("sharpness_usable") else []), ref),
         "",
         "## Amortised cost per asset",
         "",
@@ -198,3 +204,12 @@ def report(rows: list[dict], meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rewrite_report(folder: str) -> None:
+    """Rewrite ``report.md`` from ``results.json`` (no cell is recomputed)."""
+    import json
+    from pathlib import Path
+
+    res = json.loads((Path(folder) / "results.json").read_text())
+    (Path(folder) / "report.md").write_text(report(res["rows"], res["meta"]))

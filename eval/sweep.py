@@ -301,7 +301,13 @@ class Sweep:
         return usable, unusable, missing
 
     def verdicts(self, rows, pers, metrics: list[str]) -> list[dict]:
-        out = []
+        out, pairs = [], {}
+
+        def paired(a: tuple, b: tuple) -> dict:  # every metric of one pair, computed once
+            if (a, b) not in pairs:
+                pairs[(a, b)] = self.axis.paired(pers[a], pers[b])
+            return pairs[(a, b)]
+
         for steps in sorted({r["steps"] for r in rows}):
             cand = [
                 r
@@ -314,11 +320,10 @@ class Sweep:
                 higher = VERDICT_METRICS[m]
                 ranked = sorted(cand, key=lambda r: r[m], reverse=higher)
                 best = ranked[0]
-                pb = pers[(best["model"], best["sampler"], steps)]
+                kb = (best["model"], best["sampler"], steps)
                 diffs = []
                 for r in ranked[1:]:
-                    pr = pers[(r["model"], r["sampler"], steps)]
-                    p = self.axis.paired(pb, pr)
+                    p = paired(kb, (r["model"], r["sampler"], steps))
                     diffs.append((r["model"], p[m + "_diff"], p[m + "_diff_ci95"]))
                 tied = [best["model"]] + [n for n, d, h in diffs if not excludes_zero(d, h)]
                 out.append(
@@ -361,6 +366,7 @@ class Sweep:
             "skipped": self.skipped,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        meta["sharpness_usable"] = sharpness_calibrated(self.cfg.calibration)
         meta["verdicts"] = self.verdicts(rows, pers, usable)
         (self.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         keys: list[str] = []
@@ -374,6 +380,14 @@ class Sweep:
         (self.out / "report.md").write_text(report(rows, meta))
         print(results_table(rows))
         print(f"wrote {self.out / 'results.json'}, results.csv, pareto.png, report.md")
+
+
+def sharpness_calibrated(path: str) -> bool:
+    """Whether the calibration at ``path`` passes the sharpness metric (blur and grain)."""
+    p = Path(path)
+    if not p.exists():
+        return False
+    return bool(json.loads(p.read_text())["verdicts"].get("sharpness", {}).get("passes", False))
 
 
 def _train_seconds(model) -> float:

@@ -233,3 +233,59 @@ def test_sweep_cli_smoke(sweep_assets, tiny_data_root, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["rows"][0]["steps"] == 1
+
+
+def test_report_names_a_best_student_only_when_resolved():
+    from eval.report import match_lines, verdict_lines
+
+    lines = verdict_lines(
+        [
+            {
+                "steps": 1,
+                "metric": "fid",
+                "best": "a",
+                "runner_up": "b",
+                "diff": -1.2,
+                "ci95": 0.4,
+                "best_resolved": True,
+                "tied": ["a"],
+            },
+            {
+                "steps": 2,
+                "metric": "seen_psnr",
+                "best": "a",
+                "runner_up": "b",
+                "diff": 0.1,
+                "ci95": 0.3,
+                "best_resolved": False,
+                "tied": ["a", "b", "c"],
+            },
+        ]
+    )
+    assert "**a** best" in lines[0] and "runner-up b" in lines[0]
+    assert "tie between a, b, c" in lines[1] and "**" not in lines[1]
+    rows = [
+        {
+            "model": "a",
+            "method": "x",
+            "steps": 1,
+            "vs_ref_fid_diff": 0.5,
+            "vs_ref_fid_diff_ci95": 1.0,
+        },
+        {
+            "model": "b",
+            "method": "y",
+            "steps": 1,
+            "vs_ref_fid_diff": 3.0,
+            "vs_ref_fid_diff_ci95": 1.0,
+        },
+        {
+            "model": "c",
+            "method": "z",
+            "steps": 1,
+            "vs_ref_fid_diff": -3.0,
+            "vs_ref_fid_diff_ci95": 1.0,
+        },
+    ]
+    (line,) = match_lines(rows, ["fid"], "teacher@50")
+    assert "match teacher@50: a; worse: b; better: c" in line  # FID: lower is better
