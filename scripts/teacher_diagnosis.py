@@ -42,7 +42,7 @@ NOISE_LEVELS = (0.2, 0.6, 1.0)
 
 
 def train_variant(name: str, overrides: list[str], a) -> float:
-    run = Path(a.run_root) / name
+    run = Path(a.run_root) / f"{name}_{a.steps}"
     cmd = [
         sys.executable,
         "-m",
@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--train-count", type=int, default=2000)
     ap.add_argument("--eval-count", type=int, default=64)
     ap.add_argument("--data-root", default="data/world2")
-    ap.add_argument("--run-root", default="runs/teacher_diag")
+    ap.add_argument("--run-root", default="runs/teacher_diag", help="one run folder per budget")
     ap.add_argument("--encoder", default="shipped/encoder")
     ap.add_argument("--out", default="docs/teacher/diagnosis")
     ap.add_argument(
@@ -227,6 +227,9 @@ def main() -> None:
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
     res = json.loads(res_path.read_text()) if res_path.exists() else {"variants": {}}
+    res["variants"] = {  # entries written before budgets were part of the key
+        (k if "@" in k else f"{k}@{v['steps']}"): v for k, v in res["variants"].items()
+    }
     res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
     if a.reference and "reference" not in res:
         from teachers.io import load_teacher
@@ -238,10 +241,11 @@ def main() -> None:
         res_path.write_text(json.dumps(res, indent=2))
     for name in a.variants.split(","):
         what, overrides = VARIANTS[name]
-        if name in res["variants"] and res["variants"][name]["steps"] == a.steps:
+        key = f"{name}@{a.steps}"  # one entry per variant and training budget
+        if key in res["variants"]:
             continue
         wall = train_variant(name, overrides, a)
-        run = Path(a.run_root) / name
+        run = Path(a.run_root) / f"{name}_{a.steps}"
         info = json.loads((run / "teacher" / "teacher.json").read_text())
         per_step = info["train_seconds_last_run"] / a.steps
         points = []
@@ -250,7 +254,7 @@ def main() -> None:
             p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
             points.append(p)
             print(name, json.dumps(p), flush=True)
-        res["variants"][name] = {
+        res["variants"][key] = {
             "what": what,
             "overrides": overrides,
             "steps": a.steps,
