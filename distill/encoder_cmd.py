@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.loop import TrainConfig, train
-from eval.encoder import FeatureEncoder, distribution_distances
+from eval.distribution import distribution_distances
+from eval.encoder import FeatureEncoder
 from scenes.data import open_split
 from scenes.world import WorldConfig, object_attributes, world_id
 

@@ -37,6 +37,13 @@ def kid(a: Tensor, b: Tensor) -> float:
     return float(saa + sbb - 2 * kab.mean())
 
 
+def distribution_distances(encoder, real: Tensor, fake: Tensor) -> dict[str, float]:
+    """FID and KID on the encoder's features between image sets [N, 3, H, W] (no interval)."""
+    fr, ff = features(encoder, real[:, None]), features(encoder, fake[:, None])
+    a, b = fr.flatten(0, 1), ff.flatten(0, 1)
+    return {"fid": frechet(a, b), "kid": kid(a, b)}
+
+
 def _stat(fn, real: Tensor, fake: Tensor):
     return lambda idx: fn(real[idx].flatten(0, 1), fake[idx].flatten(0, 1))
 

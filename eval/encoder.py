@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 
 class FeatureEncoder(nn.Module):
-    num_features = 128  # torchmetrics reads this instead of probing with a 299px image
+    num_features = 128  # size of the feature space
 
     def __init__(self, n_outputs: int = 11, width: int = 32):
         super().__init__()
@@ -65,27 +64,3 @@ class FeatureEncoder(nn.Module):
             raise ValueError(f"{folder / 'model.safetensors'}: cannot load encoder ({e})") from e
         m.info = info
         return m.eval()
-
-
-def distribution_distances(
-    encoder: FeatureEncoder, real: Tensor, fake: Tensor, kid_subset: int = 50
-) -> dict[str, float]:
-    """FID and KID (torchmetrics, on the encoder's features) between image sets [N, 3, H, W]."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    n = min(real.shape[0], fake.shape[0])
-    fid = FrechetInceptionDistance(feature=encoder, reset_real_features=False)
-    kid = KernelInceptionDistance(
-        feature=encoder, subset_size=min(kid_subset, n), reset_real_features=False
-    )
-    with torch.no_grad():
-        for m in (fid, kid):
-            m.update(real, real=True)
-            m.update(fake, real=False)
-        # KID averages over random subsets: draw them from a fixed seed so that a rerun gives
-        # the same figure, without touching the caller's random state
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            kid_mean, kid_std = kid.compute()
-        return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
