@@ -9,21 +9,27 @@ from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 
-def _unit(x: Tensor) -> Tensor:
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] images as float in [0, 1]."""
     return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def ssim_window(shape) -> int:
+    """SSIM's Gaussian window: 11, or the largest odd size that fits a smaller image."""
+    return 11 if min(shape[-2:]) >= 11 else (min(shape[-2:]) // 2) * 2 - 1
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
     """PSNR in dB per image for [..., 3, H, W] in [-1, 1] (data range 1 after mapping to [0, 1])."""
-    mse = ((_unit(a) - _unit(b)) ** 2).flatten(-3).mean(-1)
+    mse = ((to_unit(a) - to_unit(b)) ** 2).flatten(-3).mean(-1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:
     """SSIM per image (torchmetrics, Gaussian window 11, sigma 1.5) for [..., 3, H, W]."""
     lead = a.shape[:-3]
-    x, y = _unit(a).reshape(-1, *a.shape[-3:]), _unit(b).reshape(-1, *b.shape[-3:])
-    k = 11 if min(a.shape[-2:]) >= 11 else (min(a.shape[-2:]) // 2) * 2 - 1
+    x, y = to_unit(a).reshape(-1, *a.shape[-3:]), to_unit(b).reshape(-1, *b.shape[-3:])
+    k = ssim_window(a.shape)
     v = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none", kernel_size=k)
     return v.reshape(lead)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 from eval.distribution import distribution_metrics, features, paired_distribution
 from eval.geometry import chamfer, silhouette_iou
 from eval.metrics import lpips_distance, psnr, ssim
-from eval.seen import ALPHA_MIN, _render_depth, seen_metrics, visible_mask
+from eval.seen import _render_depth, masked_psnr, seen_and_object_masks, seen_metrics
 from eval.sharpness import sharpness_ratio
 from eval.stats import mean_ci, paired_ci, paired_set_ci, set_ci
 from eval.unseen import BACK_VIEW, read_backs, unseen_distance
@@ -37,7 +37,6 @@ PER_OBJECT = {
     "unseen_psnr": True,
     "lpips": False,  # only where LPIPS's backbone weights are on disk
 }
-SET_METRICS = {"unseen_dist": False, "fid": False, "kid": False}
 
 
 @dataclass
@@ -75,8 +74,11 @@ class QualityAxis:
         masks, objs, alphas = [], [], []
         for i in range(0, len(truth), batch):
             g = truth.gaussians[i : i + batch]
-            masks.append(visible_mask(g, rig.target_viewmats, rig.cond_viewmats, rig.K, rig.size))
-            objs.append(_render_depth(g, rig.target_viewmats, rig.K, rig.size)[0] > ALPHA_MIN)
+            seen, obj = seen_and_object_masks(
+                g, rig.target_viewmats, rig.cond_viewmats, rig.K, rig.size
+            )
+            masks.append(seen)
+            objs.append(obj)
             alphas.append(_render_depth(g, rig.heldout_viewmats, rig.K, rig.size)[0])
         self.seen_mask, self.object_mask = torch.cat(masks), torch.cat(objs)
         self.heldout_alpha = torch.cat(alphas)
@@ -179,6 +181,4 @@ class QualityAxis:
 
 def copy_baseline(truth: Truth, seen_mask: Tensor) -> Tensor:
     """Per-object view-0 seen-side PSNR of copying the condition image into view 0."""
-    from eval.seen import masked_psnr
-
     return masked_psnr(truth.cond, truth.targets[:, 0], seen_mask[:, 0])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from eval.metrics import ssim_window, to_unit
 from recon.cameras import camera_rays
 from recon.raster import rasterize
 from scenes.world import unpack_gaussians
@@ -25,12 +26,20 @@ def _render_depth(packed: Tensor, viewmats: Tensor, K: Tensor, size: int):
     return alpha[..., 0], depth[..., 0]  # [B, C, H, W]
 
 
-@torch.no_grad()
 def visible_mask(
     packed: Tensor, target_viewmats: Tensor, cond_viewmat: Tensor, K: Tensor, size: int
 ) -> Tensor:
     """[B, V, H, W] bool: target pixels on the object whose surface the condition camera sees.
     ``packed`` are the true Gaussians [B, N, 14]; cameras are world-to-camera 4x4."""
+    return seen_and_object_masks(packed, target_viewmats, cond_viewmat, K, size)[0]
+
+
+@torch.no_grad()
+def seen_and_object_masks(
+    packed: Tensor, target_viewmats: Tensor, cond_viewmat: Tensor, K: Tensor, size: int
+) -> tuple[Tensor, Tensor]:
+    """The visible mask of ``visible_mask`` and the object mask (the truth's alpha > 0.5) of
+    the target views it is computed from, both [B, V, H, W] bool, from one render."""
     a_t, d_t = _render_depth(packed, target_viewmats, K, size)  # [B, V, H, W]
     a_c, d_c = _render_depth(packed, cond_viewmat.reshape(1, 4, 4), K, size)  # [B, 1, H, W]
     origin, dirs = camera_rays(target_viewmats.to(packed), K.to(packed), size, size, False)
@@ -46,18 +55,15 @@ def visible_mask(
     cond_depth = d_c[:, 0][b, vc, uc]
     cond_alpha = a_c[:, 0][b, vc, uc]
     seen = inside & (cond_alpha > ALPHA_MIN) & (z <= cond_depth + DEPTH_TOLERANCE)
-    return seen & (a_t > ALPHA_MIN)
-
-
-def _unit(x: Tensor) -> Tensor:
-    return ((x.float() + 1) / 2).clamp(0, 1)
+    obj = a_t > ALPHA_MIN
+    return seen & obj, obj
 
 
 def masked_mse(a: Tensor, b: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Sum of squared errors over masked pixels (all channels) and the masked value count, for
     images [..., 3, H, W] and masks [..., H, W]: both [...]."""
     m = mask[..., None, :, :].float()
-    se = ((_unit(a) - _unit(b)) ** 2 * m).flatten(-3).sum(-1)
+    se = ((to_unit(a) - to_unit(b)) ** 2 * m).flatten(-3).sum(-1)
     return se, m.flatten(-3).sum(-1) * a.shape[-3]
 
 
@@ -83,8 +89,8 @@ def masked_ssim(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
     """Mean of the SSIM map (Gaussian window 11, sigma 1.5, smaller on tiny images) over the
     masked pixels: [...]; NaN where the mask is empty."""
     lead = a.shape[:-3]
-    x, y = _unit(a).reshape(-1, *a.shape[-3:]), _unit(b).reshape(-1, *b.shape[-3:])
-    k = 11 if min(a.shape[-2:]) >= 11 else (min(a.shape[-2:]) // 2) * 2 - 1
+    x, y = to_unit(a).reshape(-1, *a.shape[-3:]), to_unit(b).reshape(-1, *b.shape[-3:])
+    k = ssim_window(a.shape)
     _, full = structural_similarity_index_measure(
         x, y, data_range=1.0, reduction="none", kernel_size=k, return_full_image=True
     )
@@ -95,15 +101,11 @@ def masked_ssim(a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
     return out.reshape(lead)
 
 
-def seen_metrics(gen: Tensor, gt: Tensor, mask: Tensor, cond: Tensor | None = None) -> dict:
+def seen_metrics(gen: Tensor, gt: Tensor, mask: Tensor) -> dict:
     """Per-object seen-side figures [B] for generated and true views [B, V, 3, H, W] and the
-    visibility mask [B, V, H, W]: pooled PSNR, view-0 PSNR, pooled SSIM; with the condition
-    image [B, 3, H, W], the copy-the-condition-into-view-0 baseline's view-0 PSNR."""
-    out = {
+    visibility mask [B, V, H, W]: pooled PSNR, view-0 PSNR, pooled SSIM."""
+    return {
         "seen_psnr": pooled_psnr(gen, gt, mask),
         "seen_psnr_view0": masked_psnr(gen[:, 0], gt[:, 0], mask[:, 0]),
         "seen_ssim": torch.nanmean(masked_ssim(gen, gt, mask), 1),
     }
-    if cond is not None:
-        out["copy_psnr_view0"] = masked_psnr(cond, gt[:, 0], mask[:, 0])
-    return out

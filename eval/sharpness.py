@@ -7,12 +7,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from eval.metrics import to_unit
+
 _LAPLACE = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])
 
 
 def laplacian_energy(x: Tensor) -> Tensor:
     """|Laplacian| summed over channels, [..., H-2, W-2], for images [..., 3, H, W] in [-1, 1]."""
-    flat = ((x.float() + 1) / 2).clamp(0, 1).reshape(-1, 1, *x.shape[-2:])
+    flat = to_unit(x).reshape(-1, 1, *x.shape[-2:])
     lap = torch.nn.functional.conv2d(flat, _LAPLACE[None, None].to(flat))
     return lap.abs().reshape(*x.shape[:-2], *lap.shape[-2:]).sum(-3)
 
