@@ -17,7 +17,14 @@ from tqdm import tqdm
 
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
-from scenes.world import WorldConfig, back_classes, make_object, make_rig, render_views
+from scenes.world import (
+    BACK_PATTERNS,
+    WorldConfig,
+    back_classes,
+    make_object,
+    make_rig,
+    render_views,
+)
 
 
 @dataclass
@@ -74,8 +81,7 @@ def colour_shift(x: Tensor, s: float, mask: Tensor) -> Tensor:
 
 def other_back(cls: int) -> int:
     """A back class of another colour (same pattern): a plausible alternative unseen side."""
-    n_pat = len(back_classes()) // len({c for c, _ in back_classes()})
-    return (cls + n_pat) % len(back_classes())
+    return (cls + len(BACK_PATTERNS)) % len(back_classes())
 
 
 def render_with_backs(seeds: list[int], backs: list[int], world: WorldConfig) -> Tensor:

@@ -15,7 +15,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from samplers.paths import Path, check_prediction, ddim_step, interpolate, to_x0_eps, velocity
+from samplers.paths import (
+    Path,
+    _b,
+    check_prediction,
+    ddim_step,
+    interpolate,
+    to_x0_eps,
+    velocity,
+)
 
 
 class Denoiser:
@@ -84,33 +92,31 @@ def _bt(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.device, x.dtype).expand(x.shape[0])
 
 
-def _linear_coords(path: Path, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Any path as the linear one: y = x / (alpha + sigma) at u = sigma / (alpha + sigma), where
-    dy/du = eps - x0. The identity on the linear path; finite at t = 1 on every path."""
-    a, s = path.alpha(t), path.sigma(t)
-    return x / _bx(a + s, x), s / (a + s)
+def _linear_time(path: Path, t: Tensor) -> Tensor:
+    """u = sigma / (alpha + sigma): the time of ``t`` when the path is written as the linear
+    one, y = x / (alpha + sigma), where dy/du = eps - x0 (the identity on the linear path;
+    finite at t = 1 on every path)."""
+    return path.sigma(t) / (path.alpha(t) + path.sigma(t))
 
 
-def _bx(v: Tensor, x: Tensor) -> Tensor:
-    v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
+def _to_linear(path: Path, x: Tensor, t: Tensor) -> Tensor:
+    return x / _b(path.alpha(t) + path.sigma(t), x)
 
 
 def _from_linear(path: Path, y: Tensor, t: Tensor) -> Tensor:
-    return y * _bx(path.alpha(t) + path.sigma(t), y)
+    return y * _b(path.alpha(t) + path.sigma(t), y)
 
 
 def sample_euler(den, x, ts, cond, generators=None, callback=None):
     """Euler on the probability-flow ODE, stepped in the path's linear coordinates (dy/du =
-    eps - x0, see ``_linear_coords``): on the linear path exactly Euler on dx/dt = alpha' x0 +
+    eps - x0, see ``_linear_time``): on the linear path exactly Euler on dx/dt = alpha' x0 +
     sigma' eps; on every path a perfect denoiser lands on x0 (it is the DDIM step)."""
     path = den.path
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, u_t = _linear_coords(path, x, t)
-        u_s = path.sigma(s) / (path.alpha(s) + path.sigma(s))
-        x = _from_linear(path, y + _bx(u_s - u_t, y) * (eps - x0), s)
+        y, h = _to_linear(path, x, t), _b(_linear_time(path, s) - _linear_time(path, t), x)
+        x = _from_linear(path, y + h * (eps - x0), s)
         if callback:
             callback(i, x, x0)
     return x
@@ -134,9 +140,7 @@ def sample_heun(den, x, ts, cond, generators=None, callback=None):
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, u_t = _linear_coords(path, x, t)
-        u_s = path.sigma(s) / (path.alpha(s) + path.sigma(s))
-        h = _bx(u_s - u_t, y)
+        y, h = _to_linear(path, x, t), _b(_linear_time(path, s) - _linear_time(path, t), x)
         d = eps - x0
         y_e = y + h * d
         if ts[i + 1] > 0:
