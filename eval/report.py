@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from eval.stats import excludes_zero
+
 # metrics that may decide a verdict (if the calibration passes them), higher is better?
 VERDICT_METRICS = {
     "seen_psnr": True,
@@ -29,7 +31,7 @@ def _vs(r: dict, k: str, fmt: str = "+.2f") -> str:
     if d is None:
         return "n/a"
     h = r.get(f"vs_ref_{k}_diff_ci95", float("nan"))
-    mark = "" if not (abs(d) > h) else "*"
+    mark = "*" if excludes_zero(d, h) else ""
     return f"{d:{fmt}} ± {h:.2f}{mark}"
 
 
@@ -121,23 +123,22 @@ def match_lines(rows: list[dict], metrics: list[str], ref_label: str) -> list[st
         if not cand:
             continue
         for m in metrics:
-            same, worse, better = [], [], []
+            same, up, down = [], [], []  # up: the side VERDICT_METRICS calls better (or higher)
             for r in sorted(cand, key=lambda r: r["model"]):
                 d, h = r.get(f"vs_ref_{m}_diff"), r.get(f"vs_ref_{m}_diff_ci95")
                 if d is None:
                     continue
-                if not abs(d) > h:
+                if not excludes_zero(d, h):
                     same.append(r["model"])
-                elif (d > 0) == VERDICT_METRICS.get(m, True):
-                    better.append(r["model"])
                 else:
-                    worse.append(r["model"])
-            up, down = ("grainier", "smoother") if m == "sharpness" else ("better", "worse")
-            higher, lower = better, worse  # for sharpness "better" collected the higher ones
+                    (up if (d > 0) == VERDICT_METRICS.get(m, True) else down).append(r["model"])
+            up_name, down_name = (
+                ("grainier", "smoother") if m == "sharpness" else ("better", "worse")
+            )
             lines.append(
                 f"- {steps} step{'s' if steps > 1 else ''}, {m}: match {ref_label}: "
-                f"{', '.join(same) or 'none'}; {down}: {', '.join(lower) or 'none'}; {up}: "
-                f"{', '.join(higher) or 'none'}"
+                f"{', '.join(same) or 'none'}; {down_name}: {', '.join(down) or 'none'}; "
+                f"{up_name}: {', '.join(up) or 'none'}"
             )
     return lines
 
