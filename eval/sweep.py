@@ -107,6 +107,7 @@ class Sweep:
             "split": cfg.split,
             "seeds": hashlib.sha256(json.dumps(self.seeds).encode()).hexdigest()[:16],
             "axis": AXIS_VERSION,
+            "reference_steps": cfg.reference_steps,  # teacher_psnr and vs_ref_* depend on it
             "lpips": self.lpips is not None,
         }
 
@@ -244,8 +245,10 @@ class Sweep:
                     out.append((name, model, sampler, steps))
         return out
 
-    def _cached(self, name, model, sampler, steps, reference):
-        """(row, per-object figures, views) of a cell from its keyed cache, else computed."""
+    def _cached(self, name, model, sampler, steps, reference, ref_per=None):
+        """(row, per-object figures, views) of a cell from its keyed cache, else computed, with
+        its paired differences to the reference cell (``ref_per``; none given: this cell is the
+        reference, paired with itself) stored in the row."""
         key = self.cell_key(model, sampler, steps)
         base = self.out / "cells" / f"{name}__{sampler}__{steps}__{key}"
         js, pt = base.with_suffix(".json"), base.with_suffix(".pt")
@@ -255,6 +258,8 @@ class Sweep:
         row, per, views = self.run_cell(name, model, sampler, steps, reference)
         row["cell_key"] = key
         row["train_seconds"] = _train_seconds(model)
+        against = per if ref_per is None else ref_per
+        row.update({"vs_ref_" + k: v for k, v in self.axis.paired(per, against).items()})
         for path, write in (
             (pt, lambda p: torch.save({"per": per, "views": views.half()}, p)),
             (js, lambda p: p.write_text(json.dumps(row, indent=2))),
@@ -272,9 +277,7 @@ class Sweep:
         ref_views = ref_views.float()
         rows, pers = [], {}
         for name, model, sampler, steps in tqdm(cells, desc="sweep cells", unit="cell"):
-            row, per, _ = self._cached(name, model, sampler, steps, ref_views)
-            for k, v in self.axis.paired(per, ref_per).items():
-                row["vs_ref_" + k] = v
+            row, per, _ = self._cached(name, model, sampler, steps, ref_views, ref_per)
             rows.append(row)
             pers[(name, sampler, steps)] = per
         self.write(rows, pers)

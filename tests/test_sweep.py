@@ -127,6 +127,21 @@ def test_sweep_outputs_and_resume(sweep_assets, tiny_data_root, tmp_path):
     Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, encoder=str(tmp_path / "enc2"))).run()
     fresh = {p.name for p in (out / "cells").glob("*.json")} - set(before)
     assert len(fresh) == len(before)  # 4 cells + the reference, all recomputed
+    # and so does another reference step count (agreement and paired figures depend on it)
+    seen = {p.name for p in (out / "cells").glob("*.json")}
+    rows3 = Sweep(
+        _cfg(
+            sweep_assets,
+            tiny_data_root,
+            tmp_path,
+            steps=[1],
+            models=["teacher"],
+            reference_steps=2,
+            calibration=str(tmp_path / "no.json"),
+        )
+    ).run()
+    assert len({p.name for p in (out / "cells").glob("*.json")} - seen) == 2
+    assert all("vs_ref_seen_psnr_diff" in x for x in rows + rows3)
 
 
 def test_quality_is_reproducible_across_runs(sweep_assets, tiny_data_root, tmp_path):
