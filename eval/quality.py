@@ -111,39 +111,30 @@ class QualityAxis:
         return lpips_distance(self.lpips, views, self.truth.targets).mean(1).double()
 
     def _three_d(self, views: Tensor) -> dict[str, Tensor]:
-        from eval.recon_eval import render_images
-        from recon.raster import rasterize
+        from eval.recon_eval import render_images, render_with_alpha
 
         rig, dev = self.truth.rig, self.device
         vm, K = rig.target_viewmats.to(dev), rig.K.to(dev)
-        res = {k: [] for k in ("e2e_psnr", "e2e_ssim", "consistency_psnr", "chamfer", "iou")}
+        res = {
+            k: [] for k in ("e2e_psnr", "e2e_ssim", "consistency_psnr", "chamfer", "silhouette_iou")
+        }
         for i in range(0, views.shape[0], self.batch):
             v = views[i : i + self.batch].to(dev)
             g = self.recon(v, vm, K.expand(len(vm), 3, 3))
-            hv = rig.heldout_viewmats.to(dev).expand(v.shape[0], -1, -1, -1)
-            rgb, alpha, _ = rasterize(
-                g,
-                hv,
-                K.expand(hv.shape[:-2] + (3, 3)),
-                rig.size,
-                rig.size,
-                background=torch.ones(3, device=dev),
-            )
-            ren = (rgb.clamp(0, 1) * 2 - 1).movedim(-1, -3).cpu()
+            ren, alpha = render_with_alpha(g, rig.heldout_viewmats.to(dev), K, rig.size)
+            ren = ren.cpu()
             held = self.truth.heldout[i : i + self.batch]
             res["e2e_psnr"].append(psnr(ren, held).mean(1))
             res["e2e_ssim"].append(ssim(ren, held).mean(1))
-            res["iou"].append(
-                silhouette_iou(alpha[..., 0].cpu(), self.heldout_alpha[i : i + self.batch])
+            res["silhouette_iou"].append(
+                silhouette_iou(alpha.cpu(), self.heldout_alpha[i : i + self.batch])
             )
             res["chamfer"].append(
                 chamfer(g.means.cpu(), g.opacities.cpu(), self.truth_means[i : i + self.batch])
             )
             back = render_images(g, vm, K, rig.size).cpu()
             res["consistency_psnr"].append(psnr(back, views[i : i + self.batch]).mean(1))
-        out = {k: torch.cat(v) for k, v in res.items()}
-        out["silhouette_iou"] = out.pop("iou")
-        return out
+        return {k: torch.cat(v) for k, v in res.items()}
 
     # --- summaries ---------------------------------------------------------------------------
     def summary(self, m: dict[str, Tensor]) -> dict[str, float]:

@@ -38,11 +38,18 @@ def unproject_baseline(views: Tensor, viewmats: Tensor, Ks: Tensor, distance: fl
 
 def render_images(g: Gaussians, viewmats: Tensor, K: Tensor, size: int) -> Tensor:
     """Renders [B, C, 3, H, W] in [-1, 1] on white of Gaussians [B, N] in cameras [C, 4, 4]."""
+    return render_with_alpha(g, viewmats, K, size)[0]
+
+
+def render_with_alpha(g: Gaussians, viewmats: Tensor, K: Tensor, size: int):
+    """``render_images`` and the rendered alpha [B, C, H, W] of the same pass."""
     b = g.means.shape[0]
     vm = viewmats.to(g.means).expand(b, -1, -1, -1)
     Ks = K.to(g.means).expand(b, vm.shape[1], 3, 3)
-    rgb, _, _ = rasterize(g, vm, Ks, size, size, background=torch.ones(3, device=g.means.device))
-    return (rgb.clamp(0, 1) * 2 - 1).movedim(-1, -3)
+    rgb, alpha, _ = rasterize(
+        g, vm, Ks, size, size, background=torch.ones(3, device=g.means.device)
+    )
+    return (rgb.clamp(0, 1) * 2 - 1).movedim(-1, -3), alpha[..., 0]
 
 
 def recon_metrics(
