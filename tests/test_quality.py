@@ -301,3 +301,27 @@ def test_teacher_eval_cli_on_val_split(tiny_teacher_dir, tmp_path):
     for k in ("seen_psnr", "seen_psnr_ci95", "seen_psnr_view0", "sharpness", "unseen_dist"):
         assert k in row, k
     assert "Copying the condition image" in (tmp_path / "ev" / "quality.md").read_text()
+
+
+def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
+    from eval.calibrate import CalibrateConfig, calibrate
+    from eval.encoder import FeatureEncoder
+    from recon.model import ReconConfig, Reconstructor
+    from scenes.data import make_split
+
+    Reconstructor(
+        ReconConfig(
+            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).save(tmp_path / "recon")
+    FeatureEncoder(width=8).save(tmp_path / "encoder", {})
+    make_split(tmp_path / "d1", "test", 2, WorldConfig(version=1, image_size=16, gaussians=64))
+    cfg = CalibrateConfig(
+        out=str(tmp_path / "cal"),
+        data_root=str(tmp_path / "d1"),
+        objects=2,
+        recon=str(tmp_path / "recon"),
+        encoder=str(tmp_path / "encoder"),
+    )
+    with pytest.raises(ValueError, match="needs a world version 2 dataset"):
+        calibrate(cfg)
