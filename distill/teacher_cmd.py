@@ -12,7 +12,7 @@ import torch
 from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.loop import TrainConfig, start_from, train
 from distill.methods.base import diffusion_targets, regression_loss
-from samplers.paths import get_path
+from samplers.paths import convert, get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, world_id
 from teachers.base import weights_hash
@@ -24,6 +24,10 @@ class ObjectiveConfig:
     t_sampling: str = "logit_normal"  # uniform | logit_normal (SD3)
     cond_dropout: float = 0.1  # null-condition rate, for classifier-free guidance
     t_shift: float = 1.0  # > 1 moves training times towards noise (SD3 shift)
+    # prediction: regress the network's own parametrization; velocity: convert the output and its
+    # target to velocity first (an x0-predicting network trained with the flow-matching loss)
+    loss_space: str = "prediction"
+    loss_t_min: float = 0.05  # times below this are clamped in the velocity conversion
 
 
 @dataclass
@@ -38,8 +42,26 @@ class TeacherTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+LOSS_SPACES = ("prediction", "velocity")
+
+
+def in_velocity(path, prediction: str, tg, out, t_min: float):
+    """The output and target of a ``prediction`` network as velocities, converted at
+    max(t, t_min): for an x0 network on the linear path the loss becomes |x0 error|^2 / t^2."""
+    t = tg.t.to(out.device).clamp(min=t_min)
+    x_t = tg.x_t.to(out.device)
+    return (
+        convert(path, out, x_t, t, prediction, "velocity"),
+        convert(path, tg.target, x_t, t, prediction, "velocity"),
+    )
+
+
 def train_teacher(args: list[str]) -> Path:
     cfg = load_config(TeacherTrainConfig, args)
+    if cfg.objective.loss_space not in LOSS_SPACES:
+        raise ValueError(
+            f"objective.loss_space={cfg.objective.loss_space!r}; valid: {', '.join(LOSS_SPACES)}"
+        )
     if cfg.world.image_size != cfg.teacher.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but teacher.image_size="
@@ -73,6 +95,8 @@ def train_teacher(args: list[str]) -> Path:
         )
         out = m(tg.x_t.to(dev), tg.t.to(dev), tg.cond.to(dev))
         tg.target = tg.target.to(dev)
+        if obj.loss_space == "velocity":
+            out, tg.target = in_velocity(path, cfg.teacher.prediction, tg, out, obj.loss_t_min)
         return regression_loss(out, tg)
 
     t0 = time.perf_counter()

@@ -45,6 +45,9 @@ class Denoiser:
         self.nfe = 0  # network evaluations per sample (a CFG pair counts as 2)
 
     def raw(self, x: Tensor, t: Tensor, cond: Tensor, s: Tensor | None = None) -> Tensor:
+        # the sampler may keep its times in float64 (path math); the network takes x's dtype
+        t = t.to(x.dtype)
+        s = None if s is None else s.to(x.dtype)
         return guided(self.model, x, t, cond, self.guidance, s, **self.model_kwargs)
 
     def __call__(
@@ -89,7 +92,14 @@ def time_grid(steps: int, shift: float = 1.0, t_max: float = 1.0) -> Tensor:
 
 
 def _bt(t: Tensor, x: Tensor) -> Tensor:
-    return t.to(x.device, x.dtype).expand(x.shape[0])
+    """A grid time for every sample; a float64 grid (a DDPM teacher's) stays float64."""
+    t = t.to(x.device)
+    return (t if t.dtype == torch.float64 else t.to(x.dtype)).expand(x.shape[0])
+
+
+def _c(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample coefficient broadcast against x, in x's dtype."""
+    return _b(v, x).to(x.dtype)
 
 
 def _linear_time(path: Path, t: Tensor) -> Tensor:
@@ -100,11 +110,11 @@ def _linear_time(path: Path, t: Tensor) -> Tensor:
 
 
 def _to_linear(path: Path, x: Tensor, t: Tensor) -> Tensor:
-    return x / _b(path.alpha(t) + path.sigma(t), x)
+    return x / _c(path.alpha(t) + path.sigma(t), x)
 
 
 def _from_linear(path: Path, y: Tensor, t: Tensor) -> Tensor:
-    return y * _b(path.alpha(t) + path.sigma(t), y)
+    return y * _c(path.alpha(t) + path.sigma(t), y)
 
 
 def sample_euler(den, x, ts, cond, generators=None, callback=None):
@@ -115,7 +125,7 @@ def sample_euler(den, x, ts, cond, generators=None, callback=None):
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, h = _to_linear(path, x, t), _b(_linear_time(path, s) - _linear_time(path, t), x)
+        y, h = _to_linear(path, x, t), _c(_linear_time(path, s) - _linear_time(path, t), x)
         x = _from_linear(path, y + h * (eps - x0), s)
         if callback:
             callback(i, x, x0)
@@ -140,7 +150,7 @@ def sample_heun(den, x, ts, cond, generators=None, callback=None):
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, h = _to_linear(path, x, t), _b(_linear_time(path, s) - _linear_time(path, t), x)
+        y, h = _to_linear(path, x, t), _c(_linear_time(path, s) - _linear_time(path, t), x)
         d = eps - x0
         y_e = y + h * d
         if ts[i + 1] > 0:
@@ -276,9 +286,12 @@ def generate(
     den = Denoiser(model, get_path(model.path_name), model.prediction, guidance, model_kwargs)
     gens = generators_for(seeds)
     x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
+    # a teacher's own grid (a diffusers teacher: its scheduler's timesteps); otherwise from
     # where the model's sampling starts: 1 (pure noise) unless it was trained only below that,
     # like a DDPM teacher whose last trained timestep still carries signal
-    t_max = float(getattr(model, "start_time", 1.0))
-    ts = time_grid(steps, shift, t_max)
+    if hasattr(model, "sampling_times"):
+        ts = model.sampling_times(steps, shift)
+    else:
+        ts = time_grid(steps, shift, float(getattr(model, "start_time", 1.0)))
     x = get_sampler(sampler)(den, x, ts, cond.to(p.device, p.dtype), gens)
     return (model.decode(x) if decode else x), den.nfe

@@ -37,6 +37,14 @@ VARIANTS = {
         "logit-normal t shifted towards noise (SD3 shift 3)",
         ["objective.t_sampling=logit_normal", "objective.t_shift=3.0"],
     ),
+    "x0_pred": (
+        "x0 prediction, loss on x0 (no noise to pass through at high t)",
+        ["teacher.prediction=x0"],
+    ),
+    "x0_pred_vloss": (
+        "x0 prediction, loss on the velocity it implies (|x0 error|^2 / max(t, 0.05)^2)",
+        ["teacher.prediction=x0", "objective.loss_space=velocity"],
+    ),
 }
 NOISE_LEVELS = (0.2, 0.6, 1.0)
 

@@ -27,8 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from samplers.paths import check_prediction, get_path, to_x0_eps
+from samplers.paths import check_prediction, convert, get_path, to_x0_eps
 from teachers.base import MultiViewTeacher, file_hash, weights_hash
+
+# Below this time a network output is converted to another parametrization as if at NET_T_MIN:
+# an x0 network's velocity is (x_t - x0) / t on the linear path, unbounded as t -> 0.
+NET_T_MIN = 0.05
 
 LORA_TARGETS = [
     "to_q",
@@ -165,9 +169,12 @@ class Student(nn.Module):
             e = self.w_embed(w)
             emb = e if emb is None else emb + e
         out = self.net(x_t, t, cond, emb=emb)
-        if not self.cfg.boundary:
-            return out
         path = get_path(self.net.path_name)
+        if not self.cfg.boundary:
+            if self._prediction == self.net_prediction or self._path != self.net.path_name:
+                return out  # (on another path the network learns the new output from scratch)
+            tc = t.clamp(min=NET_T_MIN)  # e.g. a velocity student of an x0 teacher
+            return convert(path, out, x_t, tc, self.net_prediction, self._prediction)
         x0, _ = to_x0_eps(path, out, x_t, t, self.net_prediction)
         c_skip, c_out = self.c_skip_out(t.reshape(-1, *([1] * (x_t.ndim - 1))))
         return c_skip * x_t + c_out * x0

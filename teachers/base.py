@@ -131,6 +131,13 @@ class MultiViewTeacher(nn.Module):
         below it (a DDPM teacher's last trained timestep)."""
         return 1.0
 
+    def sampling_times(self, steps: int, shift: float = 1.0) -> Tensor:
+        """The time grid of ``steps`` steps this teacher samples on, from ``start_time`` to 0
+        (a diffusers teacher uses its own scheduler's timesteps)."""
+        from samplers.sampling import time_grid
+
+        return time_grid(steps, shift, self.start_time)
+
     @property
     def time_embed_dim(self) -> int:
         raise NotImplementedError

@@ -14,6 +14,10 @@ an image encoder is present. Discrete DDPM timesteps are mapped onto the lab's t
 nowhere else: a DDPM teacher is presented on the lab's cosine (VP) path, at the timestep k
 with alpha_bar(k) = cos^2(pi t / 2) (interpolated, clamped to the trained range); a
 flow-matching teacher is presented on the linear path at timestep t * num_train_timesteps.
+Sampled at its default grid, a teacher steps through the lab times of its own scheduler's
+timesteps (``sampling_times``: timestep_spacing, steps_offset, the final step), so the lab's DDIM
+and Euler reproduce diffusers' DDIMScheduler and FlowMatchEulerDiscreteScheduler loops. The lab
+samplers never clip x0 (``clip_sample``/``thresholding`` are not applied).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class DiffusersTeacher(MultiViewTeacher):
         cls_name = scheduler_config.get("_class_name", "")
         self.flow = cls_name in FLOW_SCHEDULERS
         self.num_train_timesteps = int(scheduler_config.get("num_train_timesteps", 1000))
+        self.scheduler_config = dict(scheduler_config)
         if self.flow:
             path, prediction = "linear", "velocity"
         else:
@@ -69,9 +74,12 @@ class DiffusersTeacher(MultiViewTeacher):
                     f"valid: {', '.join(PREDICTION_TYPES)}"
                 )
             path, prediction = "cosine", PREDICTION_TYPES[ptype]
-            self.register_buffer(
-                "log_snr_k", self._ddpm_log_snr(scheduler_config), persistent=False
-            )
+            ac = self._ddpm_alphas_cumprod(scheduler_config)
+            # exact log SNR per timestep (-inf where alpha_bar = 0: zero terminal SNR), and the
+            # clamped table the fractional-timestep interpolation uses
+            self.register_buffer("exact_log_snr_k", torch.log(ac) - torch.log1p(-ac), False)
+            acc = ac.clamp(1e-12, 1 - 1e-12)
+            self.register_buffer("log_snr_k", torch.log(acc) - torch.log1p(-acc), False)
         cfg = unet.config
         out_ch = cfg.out_channels
         if vae is not None:
@@ -103,7 +111,7 @@ class DiffusersTeacher(MultiViewTeacher):
         )
 
     @staticmethod
-    def _ddpm_log_snr(config: dict) -> Tensor:
+    def _ddpm_alphas_cumprod(config: dict) -> Tensor:
         from diffusers import DDPMScheduler
 
         keys = (
@@ -115,8 +123,7 @@ class DiffusersTeacher(MultiViewTeacher):
             "rescale_betas_zero_snr",
         )
         sched = DDPMScheduler(**{k: config[k] for k in keys if k in config})
-        ac = sched.alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
-        return torch.log(ac) - torch.log1p(-ac)  # decreasing in k
+        return sched.alphas_cumprod.double()  # decreasing in k
 
     @property
     def start_time(self) -> float:
@@ -124,23 +131,67 @@ class DiffusersTeacher(MultiViewTeacher):
         timestep (same log SNR on the cosine path; 1 with a zero-terminal-SNR schedule)."""
         if self.flow:
             return 1.0
-        lam_last = float(self.log_snr_k[-1])
-        return float(2 / math.pi * math.atan(math.exp(-lam_last / 2)))
+        return float(self.time_of_timestep(torch.tensor([len(self.log_snr_k) - 1]))[0])
+
+    def time_of_timestep(self, k: Tensor) -> Tensor:
+        """Lab times (float64) of integer DDPM timesteps: equal log SNR on the cosine path
+        (exactly 1 where alpha_bar = 0)."""
+        return self._time_of_log_snr(self.exact_log_snr_k[k.long()])
+
+    @staticmethod
+    def _time_of_log_snr(lam: Tensor) -> Tensor:
+        return 2 / math.pi * torch.atan(torch.exp(-lam.double() / 2))
+
+    def sampling_times(self, steps: int, shift: float = 1.0) -> Tensor:
+        """The lab times of this teacher's own scheduler at ``steps`` steps: a DDPM-family
+        config's timesteps as DDIMScheduler sets them (spacing, offset), ending at t = 0 when the
+        final alpha_bar is 1 (``set_alpha_to_one``) or else at timestep 0's noise level, in
+        float64; a flow config's sigmas. A shift other than 1 asks for the lab's own shifted grid instead."""
+        if shift != 1.0:
+            return super().sampling_times(steps, shift)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        cfg = self.scheduler_config
+        if self.flow:
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            if cfg.get("use_dynamic_shifting"):
+                raise ValueError(
+                    "scheduler_config.json: use_dynamic_shifting needs a resolution-dependent mu "
+                    "the lab does not know; set a fixed shift instead"
+                )
+            sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+            sched.set_timesteps(steps)
+            return sched.sigmas.float()
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(cfg)
+        sched.set_timesteps(steps)
+        t = self.time_of_timestep(sched.timesteps.clamp(0, len(self.log_snr_k) - 1))
+        final = float(sched.final_alpha_cumprod)
+        if final >= 1.0:
+            end = torch.zeros(1, dtype=torch.float64)
+        else:
+            end = self._time_of_log_snr(torch.tensor([math.log(final) - math.log1p(-final)]))
+        return torch.cat([t, end])  # float64: the samplers keep it for the path coefficients
 
     def timesteps(self, t: Tensor) -> Tensor:
         """The model's (fractional) timestep for lab times t."""
         if self.flow:
             return t * self.num_train_timesteps
         # cosine path: log SNR(t) = 2 log cot(pi t / 2); find k with the same log SNR
-        tt = t.double().clamp(1e-6, 1 - 1e-6)
+        tt = t.double().clamp(min=1e-6)  # t = 1: cos is 6e-17 in float64, log SNR -73
         lam = 2 * torch.log(torch.cos(0.5 * math.pi * tt) / torch.sin(0.5 * math.pi * tt))
         table = self.log_snr_k.to(lam.device)
         rev = table.flip(0)  # increasing
         idx = torch.searchsorted(rev, lam).clamp(1, len(rev) - 1)
         lo, hi = rev[idx - 1], rev[idx]
         frac = ((lam - lo) / (hi - lo)).clamp(0, 1)
-        k_rev = (idx - 1).double() + frac
-        return ((len(rev) - 1) - k_rev).to(t.dtype)
+        k = (len(rev) - 1) - ((idx - 1).double() + frac)
+        # the times of integer timesteps (sampling_times) pass through float32: snap them back
+        near = k.round()
+        k = torch.where((k - near).abs() < 1e-3, near, k)
+        return k.to(t.dtype)
 
     @property
     def time_embed_dim(self) -> int:

@@ -14,14 +14,17 @@ def tiny_world():
     return WorldConfig(image_size=16, gaussians=128)
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher_dir(tmp_path_factory):
-    """A randomly initialised lab teacher at 16px, saved like the shipped one."""
+def _tiny_teacher(tmp_path_factory, prediction: str):
     from teachers.lab import LabTeacher, LabTeacherConfig
 
     torch.manual_seed(0)
     cfg = LabTeacherConfig(
-        image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        image_size=16,
+        channels=[16, 32],
+        attention=[False, True],
+        norm_groups=8,
+        head_dim=8,
+        prediction=prediction,
     )
     t = LabTeacher(cfg)
     # small random weights everywhere (diffusers zero-inits some output layers)
@@ -31,6 +34,18 @@ def tiny_teacher_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("teacher") / "teacher"
     t.save(folder, dtype=torch.float32)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A randomly initialised lab teacher at 16px (velocity), saved like the first shipped one."""
+    return _tiny_teacher(tmp_path_factory, "velocity")
+
+
+@pytest.fixture(scope="session")
+def tiny_x0_teacher_dir(tmp_path_factory):
+    """The same network predicting x0, like the shipped teacher of world version 2."""
+    return _tiny_teacher(tmp_path_factory, "x0")
 
 
 @pytest.fixture(scope="session")

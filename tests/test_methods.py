@@ -57,6 +57,26 @@ def test_untrained_student_equals_teacher(tiny_teacher_dir, lora):
         assert all("lora" in n or "embed" in n for n in trainable)
 
 
+def test_velocity_student_of_an_x0_teacher_starts_as_the_teacher(tiny_x0_teacher_dir):
+    """A student declared in velocity (MeanFlow, reflow) of an x0 network outputs, untrained, the
+    teacher's own velocity (x_t - x0) / t; below NET_T_MIN the division is by NET_T_MIN."""
+    from students.student import NET_T_MIN
+
+    t = load_teacher(tiny_x0_teacher_dir)
+    s = Student(t, StudentConfig(lora_rank=4, second_time=True), "linear", "velocity")
+    x, _, c = _inputs()
+    tt = torch.tensor([0.5, 0.01])
+    with torch.no_grad():
+        x0 = t(x, tt, c)
+        v = s(x, tt, c, s=torch.rand(2))
+    assert torch.allclose(v[0], (x[0] - x0[0]) / 0.5, atol=1e-5)
+    assert torch.allclose(v[1], (x[1] - x0[1]) / NET_T_MIN, atol=1e-5)
+    # the teacher's sampler and the student's agree: one Euler step from t = 1 lands on x0
+    one = torch.ones(2)
+    with torch.no_grad():
+        assert torch.allclose(x - s(x, one, c, s=one), t(x, one, c), atol=1e-5)
+
+
 def test_consistency_boundary(tiny_teacher_dir):
     t = load_teacher(tiny_teacher_dir)
     s = Student(t, StudentConfig(boundary=True))
@@ -283,6 +303,13 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="valid methods: " + ", ".join(METHODS)):
         get_method("no-such-method")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_train_cli_smoke_x0_teacher(method, tiny_x0_teacher_dir, tiny_data_root, tmp_path):
+    """Every method distils an x0-predicting teacher (the shipped one): finite losses, a
+    student that samples to finite views."""
+    test_train_cli_smoke(method, tiny_x0_teacher_dir, tiny_data_root, tmp_path)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
