@@ -12,7 +12,7 @@ from tqdm import tqdm
 from distill.config import load_config
 from scenes.data import make_split
 from scenes.preview import contact_sheet
-from scenes.world import WorldConfig, make_rig, make_samples
+from scenes.world import WorldConfig, make_rig, make_samples, target_views
 
 
 @dataclass
@@ -44,7 +44,7 @@ def show(seed: int, out: str, args: list[str]) -> Path:
         (
             "targets",
             s["targets"][0],
-            [f"az {a:g} el {w.target_elevation:g}" for a in w.target_azimuths],
+            [f"az {a:g} el {e:g}" for a, e in target_views(w)],
         ),
         (
             "held-out",

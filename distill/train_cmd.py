@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 
 import torch
@@ -82,17 +82,35 @@ def machine() -> str:
 
 def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
     """Students learn on their teacher's world: the one the teacher records, unless the config
-    names another explicitly (then it must be the same world)."""
+    names another explicitly (then it must be the same world). A teacher without a record that
+    names its cameras (a diffusers folder's multiview.json) gets data rendered from them."""
     rec = (getattr(teacher, "meta", None) or {}).get("train_config", {}).get("world")
     if rec is None:
-        return asked
-    own = world_config(rec)
-    if asked == WorldConfig() or world_id(asked) == world_id(own):
-        return own
-    raise ValueError(
-        f"world settings {world_id(asked)} differ from the teacher's world {world_id(own)} "
-        f"(version {own.version}); drop the world.* overrides to train on the teacher's world"
-    )
+        world = asked
+        views = getattr(teacher, "views", None)
+        if views:
+            world = replace(
+                asked,
+                target_azimuths=[a for a, _ in views],
+                target_elevations=[e for _, e in views],
+            )
+    else:
+        own = world_config(rec)
+        if not (asked == WorldConfig() or world_id(asked) == world_id(own)):
+            raise ValueError(
+                f"world settings {world_id(asked)} differ from the teacher's world "
+                f"{world_id(own)} (version {own.version}); drop the world.* overrides to train "
+                "on the teacher's world"
+            )
+        world = own
+    n, (rows, cols) = len(world.target_azimuths), teacher.info.grid
+    if n != teacher.info.views:
+        raise ValueError(
+            f"the teacher makes {teacher.info.views} views ({rows}x{cols} grid) but the world's "
+            f"rig has {n} target views: name the teacher's cameras in its multiview.json "
+            "(azimuths, elevations) or set world.target_azimuths and world.target_elevations"
+        )
+    return world
 
 
 def train_student(method: str, args: list[str], teacher_dir: str | None = None) -> Path:

@@ -31,7 +31,7 @@ from eval.stats import excludes_zero
 from eval.timing import RssPeak, device_name, git_commit, peak_memory_mb, sync, time_ms
 from recon.model import Reconstructor
 from scenes.data import open_eval_split
-from scenes.world import model_world, world_id
+from scenes.world import check_views_fit, model_world, world_id
 from students.sampling import sample_views
 from students.student import load_student
 from teachers.base import file_hash
@@ -115,10 +115,12 @@ class Sweep:
         models, skipped = {}, []
         for m in self.cfg.models:
             if m == "teacher":
+                check_views_fit(self.teacher, self.world, "the teacher")
                 models["teacher"] = self.teacher
                 continue
             try:
                 st = load_student(m, teacher=self.teacher, merge=self.cfg.merge_lora)
+                check_views_fit(st, self.world, m)
                 st = st.to(self.device)
             except (FileNotFoundError, ValueError) as e:
                 if not self.cfg.skip_unsupported:

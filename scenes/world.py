@@ -63,6 +63,9 @@ class WorldConfig:
     cond_elevation: float = 5.0
     target_azimuths: list[float] = field(default_factory=lambda: [0.0, 90.0, 180.0, 270.0])
     target_elevation: float = 20.0  # the V target views (Instant3D's 2x2 layout)
+    # one elevation per target view instead (Zero123++'s 3x2 layout alternates 20 / -10); empty
+    # = every view at target_elevation
+    target_elevations: list[float] = field(default_factory=list)
     heldout_azimuths: list[float] = field(
         default_factory=lambda: [30.0, 75.0, 120.0, 165.0, 210.0, 255.0, 300.0, 345.0]
     )
@@ -73,8 +76,22 @@ class WorldConfig:
 
 def world_id(cfg: WorldConfig) -> str:
     """Short hash of the generator version and config: shards from another world differ."""
-    blob = json.dumps(asdict(cfg), sort_keys=True)
+    d = asdict(cfg)
+    if not d["target_elevations"]:  # added later: worlds without it keep their ids
+        del d["target_elevations"]
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def target_views(cfg: WorldConfig) -> list[tuple[float, float]]:
+    """(azimuth, elevation) of each target view, in order."""
+    els = cfg.target_elevations or [cfg.target_elevation] * len(cfg.target_azimuths)
+    if len(els) != len(cfg.target_azimuths):
+        raise ValueError(
+            f"world.target_elevations has {len(els)} entries for "
+            f"{len(cfg.target_azimuths)} target_azimuths"
+        )
+    return list(zip(cfg.target_azimuths, els))
 
 
 def world_config(d: dict) -> WorldConfig:
@@ -137,9 +154,7 @@ def make_rig(cfg: WorldConfig) -> Rig:
     d = cfg.distance
     return Rig(
         cond_viewmats=orbit_viewmat(cfg.cond_azimuth, cfg.cond_elevation, d)[None],
-        target_viewmats=torch.stack(
-            [orbit_viewmat(a, cfg.target_elevation, d) for a in cfg.target_azimuths]
-        ),
+        target_viewmats=torch.stack([orbit_viewmat(a, e, d) for a, e in target_views(cfg)]),
         heldout_viewmats=torch.stack(
             [orbit_viewmat(a, e, d) for a, e in zip(cfg.heldout_azimuths, cfg.heldout_elevations)]
         ),
@@ -409,4 +424,39 @@ def unpack_gaussians(x: Tensor) -> Gaussians:
         scales=x[..., 7:10],
         opacities=x[..., 10],
         colors=x[..., 11:14],
+    )
+
+
+def model_cameras(model) -> list[tuple[float, float]] | None:
+    """(azimuth, elevation) of each view a teacher or student makes: a diffusers teacher's
+    multiview.json, else the target rig of the world the (lab) teacher was trained on; None when
+    neither is recorded. A student answers for its teacher."""
+    for m in (model, getattr(getattr(model, "student", None), "net", None)):
+        if m is None:
+            continue
+        if getattr(m, "views", None):
+            return [tuple(v) for v in m.views]
+        rec = (getattr(m, "meta", None) or {}).get("train_config", {}).get("world")
+        if rec is not None:
+            return target_views(world_config(rec))
+    return None
+
+
+def check_views_fit(model, world: WorldConfig, name: str = "the model") -> None:
+    """The views a model makes must be the reconstructor's target rig (same count, and the same
+    cameras where the model records them); otherwise a ValueError names both."""
+    want = target_views(world)
+    have = model_cameras(model)
+    n = model.info.views
+    if n == len(want) and (have is None or [tuple(map(float, v)) for v in have] == want):
+        return
+
+    def cams(vs):
+        return ", ".join(f"({a:g}, {e:g})" for a, e in vs)
+
+    seen = f" at (azimuth, elevation) {cams(have)}" if have else ""
+    raise ValueError(
+        f"{name} makes {n} views{seen}, but the reconstructor takes {len(want)} views at "
+        f"{cams(want)}: train a reconstructor on the teacher's rig or use a teacher whose views "
+        "match"
     )

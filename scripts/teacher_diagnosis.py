@@ -76,7 +76,9 @@ def train_variant(name: str, overrides: list[str], a) -> float:
 def load_checkpoint(run: Path, step: int):
     from teachers.lab import LabTeacher, LabTeacherConfig
 
-    cfg = json.loads((run / "teacher" / "teacher.json").read_text())["config"]
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())["teacher"]
     model = LabTeacher(LabTeacherConfig(**cfg))
     folder = run / "checkpoints" / f"step_{step:07d}"
     sd = load_file(folder / "ema.safetensors")
@@ -107,6 +109,38 @@ def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
         p = masked_psnr(x0[:, 0], truth.targets[:, 0], axis.seen_mask[:, 0])
         out[f"x0_seen_psnr_view0_t{t}"] = float(torch.nanmean(p))
     return out
+
+
+def _elapsed_minutes(run: Path) -> dict[int, float]:
+    """Training minutes at each logged update of a run (losses.csv; a resumed run's clock
+    restarts, so a killed stage undercounts its lost minutes)."""
+    rows = (run / "losses.csv").read_text().splitlines()[1:]
+    return {int(r.split(",")[0]): float(r.split(",")[2]) / 60 for r in rows if r}
+
+
+def recipe_curve(runs: list[Path], every: int, truth, seeds, axis) -> list[dict]:
+    """Points along a staged recipe (stage 2 initialised from stage 1's end): every ``every``-th
+    kept checkpoint of each stage and its last, with updates and minutes summed over stages."""
+    points, steps0, minutes0 = [], 0, 0.0
+    for i, run in enumerate(runs):
+        kept = sorted(int(p.name.split("_")[1]) for p in (run / "checkpoints").glob("step_*"))
+        if not kept:
+            raise SystemExit(f"{run}: no checkpoints (train.keep_ckpts too small?)")
+        elapsed = _elapsed_minutes(run)
+        for step in kept:
+            if step % every and step != kept[-1]:
+                continue
+            p = {
+                "step": steps0 + step,
+                "stage": i + 1,
+                "train_minutes": minutes0 + elapsed[max(k for k in elapsed if k <= step)],
+            }
+            p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
+            points.append(p)
+            print(run.name, json.dumps(p), flush=True)
+        steps0 += kept[-1]
+        minutes0 += elapsed[max(elapsed)]
+    return points
 
 
 def evaluate(model, truth, seeds, axis) -> dict:
@@ -222,6 +256,13 @@ def main() -> None:
     ap.add_argument(
         "--reference", default="shipped/teacher", help="a finished teacher measured alongside"
     )
+    ap.add_argument(
+        "--recipe",
+        default="",
+        help="instead of training variants: measure the checkpoints of a staged recipe's runs "
+        "(comma-separated run folders, stage 1 first), every --every updates",
+    )
+    ap.add_argument("--recipe-name", default="recipe", help="its name in the report")
     a = ap.parse_args()
     from eval.encoder import FeatureEncoder
     from eval.quality import QualityAxis, copy_baseline
@@ -247,6 +288,19 @@ def main() -> None:
         res["reference"] = {"teacher": a.reference, "train_minutes": minutes}
         res["reference"].update(evaluate(ref, truth, seeds, axis))
         res_path.write_text(json.dumps(res, indent=2))
+    if a.recipe:
+        runs = [Path(r) for r in a.recipe.split(",")]
+        points = recipe_curve(runs, a.every, truth, seeds, axis)
+        res["variants"][f"{a.recipe_name}@{points[-1]['step']}"] = {
+            "what": f"staged recipe: {', '.join(str(r) for r in runs)}",
+            "overrides": [],
+            "steps": points[-1]["step"],
+            "wall_s": 60 * points[-1]["train_minutes"],
+            "points": points,
+        }
+        res_path.write_text(json.dumps(res, indent=2))
+        write_report(out, res, copy)
+        return
     for name in a.variants.split(","):
         what, overrides = VARIANTS[name]
         key = f"{name}@{a.steps}"  # one entry per variant and training budget

@@ -49,10 +49,11 @@ class Pipeline:
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
         self.device, self.sampler, self.guidance = device, sampler, guidance
-        from scenes.world import make_rig, model_world
+        from scenes.world import check_views_fit, make_rig, model_world
 
         info = getattr(recon, "info", {})
         world = model_world(info, recon.cfg.image_size)
+        check_views_fit(model, world, str(folder))
         self.rig = make_rig(world)
         self.image_size = recon.cfg.image_size
         self.method = model.method

@@ -106,6 +106,7 @@ class MultiViewTeacher(nn.Module):
     supported_steps: list[int] | None = None  # any step count
     own_sampler: str | None = None  # callers choose the sampler
     weights_id: str = ""  # file hash of the weights, set when loaded from a folder
+    views: list[tuple[float, float]] | None = None  # (azimuth, elevation) per view, if known
 
     def weights_key(self) -> str:
         """The one hash that identifies these weights (caches, serving, cards)."""

@@ -5,7 +5,10 @@ Folder layout (as diffusers pipelines save them):
   scheduler/scheduler_config.json   prediction_type, beta schedule / flow-matching scheduler
   vae/        (optional)  AutoencoderKL: the views live in its latent space
   image_encoder/ (optional) transformers CLIPVisionModelWithProjection for cross-attention
-  multiview.json (optional) {"rows": 2, "cols": 2, "image_size": 32}
+  multiview.json (optional) {"rows": 3, "cols": 2, "image_size": 32,
+                            "azimuths": [30, 90, ...], "elevations": [20, -10, ...]}
+                          (the cameras of the views in grid order; a student is trained on
+                          world data rendered from them)
 
 The views are tiled rows x cols into one image (2x2 as Instant3D, 3x2 as Zero123++). The
 condition image reaches the UNet by channel concatenation (tiled into every cell) when the
@@ -252,6 +255,7 @@ class DiffusersTeacher(MultiViewTeacher):
         if self.vae is None:
             return images
         b, v = images.shape[:2]
+        images = images.to(self.vae.device, self.vae.dtype)
         z = self.vae.encode(images.flatten(0, 1)).latent_dist.mode() * self.scale
         return z.reshape(b, v, *z.shape[1:])
 
@@ -285,6 +289,15 @@ class DiffusersTeacher(MultiViewTeacher):
             mv = read_json(folder / "multiview.json", "")
         rows = rows or int(mv.get("rows", 2))
         cols = cols or int(mv.get("cols", 2))
+        views = None
+        if "azimuths" in mv or "elevations" in mv:
+            az, el = mv.get("azimuths", []), mv.get("elevations", [])
+            if len(az) != rows * cols or len(el) != rows * cols:
+                raise ValueError(
+                    f"{folder / 'multiview.json'}: a {rows}x{cols} grid needs {rows * cols} "
+                    f"azimuths and elevations, got {len(az)} and {len(el)}"
+                )
+            views = [(float(a), float(e)) for a, e in zip(az, el)]
         unet = load_component(unet_cls[name], unet_dir)
         vae = load_component(AutoencoderKL, folder / "vae") if (folder / "vae").is_dir() else None
         enc = None
@@ -305,4 +318,6 @@ class DiffusersTeacher(MultiViewTeacher):
         model = cls(
             unet, sched, rows, cols, image_size, vae, enc, file_hash(weights_file(unet_dir))
         )
+        model.views = views
+        model.meta = {"multiview": mv}
         return model.eval()

@@ -170,9 +170,12 @@ class Method:
         """Work before training (e.g. caching couplings); must be resumable."""
 
     def batch(self, gen: torch.Generator) -> dict[str, Tensor]:
-        """A training batch of the world's train split, drawn with ``gen``."""
+        """A training batch of the world's train split, drawn with ``gen``: the condition image
+        in pixels, the target views in the teacher's model space (a latent teacher's VAE
+        encodes them; identity in pixel space)."""
         n = self.ctx.objects()
-        return self.ctx.data.batch(torch.randint(n, (self.ctx.batch_size,), generator=gen))
+        b = self.ctx.data.batch(torch.randint(n, (self.ctx.batch_size,), generator=gen))
+        return dict(b, targets=self.ctx.teacher.encode(b["targets"]))
 
     def targets(self, student, gen: torch.Generator) -> Targets:
         raise NotImplementedError

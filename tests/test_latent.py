@@ -1,0 +1,143 @@
+"""Latent teachers distil: a tiny random VAE + UNet2DConditionModel + CLIP image-encoder teacher
+with a Zero123++-like 3x2 grid of six views (cameras in multiview.json). Every method trains a
+few updates on world data rendered from those six cameras, in the teacher's latent space, and
+the student samples decoded views."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from distill.methods import METHODS
+from students.student import load_student
+from teachers.io import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+AZIMUTHS = [30.0, 90.0, 150.0, 210.0, 270.0, 330.0]
+ELEVATIONS = [20.0, -10.0, 20.0, -10.0, 20.0, -10.0]
+
+
+@pytest.fixture(scope="module")
+def latent_teacher_dir(tmp_path_factory):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("latent") / "teacher"
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ).save_pretrained(folder / "vae")
+    UNet2DConditionModel(
+        sample_size=(24, 16),
+        in_channels=8,  # 4 latent channels + the condition's 4, concatenated
+        out_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=16,  # the CLIP image embedding
+        norm_num_groups=8,
+        attention_head_dim=8,
+    ).save_pretrained(folder / "unet")
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+            projection_dim=16,
+        )
+    ).save_pretrained(folder / "image_encoder")
+    DDPMScheduler(
+        prediction_type="v_prediction", timestep_spacing="trailing", clip_sample=False
+    ).save_pretrained(folder / "scheduler")
+    mv = {"rows": 3, "cols": 2, "image_size": 16, "azimuths": AZIMUTHS, "elevations": ELEVATIONS}
+    (folder / "multiview.json").write_text(json.dumps(mv))
+    return folder
+
+
+def test_latent_teacher_reads_its_cameras(latent_teacher_dir):
+    t = load_teacher(latent_teacher_dir)
+    assert t.views == list(zip(AZIMUTHS, ELEVATIONS)) and t.noise_shape() == (6, 4, 8, 8)
+    assert t.image_encoder is not None and t.vae is not None
+
+
+def test_a_grid_without_enough_cameras_is_a_clear_error(latent_teacher_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(latent_teacher_dir, bad)
+    mv = json.loads((bad / "multiview.json").read_text())
+    mv["elevations"] = mv["elevations"][:4]
+    (bad / "multiview.json").write_text(json.dumps(mv))
+    with pytest.raises(ValueError, match="3x2 grid needs 6 azimuths and elevations, got 6 and 4"):
+        load_teacher(bad)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_distils_a_latent_teacher(method, latent_teacher_dir, tmp_path):
+    extra = {
+        "progressive": ["method.start_steps=2"],
+        "reflow": ["method.couplings=2", "method.coupling_steps=2", "method.coupling_batch=2"],
+        "shortcut": ["method.max_steps=4"],
+        "consistency": ["method.grid=4"],
+        "finetune": [],
+        "meanflow": ["method.r_fraction=0.5"],
+        "dmd2": [
+            "method.fake_updates=1",
+            "method.fake_lora_rank=4",
+            "method.generator_steps=2",
+            "method.regression_fraction=0.5",
+            "method.couplings=2",
+            "method.coupling_steps=2",
+            "method.gan_weight=0.01",
+        ],
+    }[method]
+    run = tmp_path / "run"
+    args = [
+        sys.executable, "-m", "distill.cli", "train", "--method", method,
+        "--teacher", str(latent_teacher_dir),
+        f"run_dir={run}", f"data.root={tmp_path / 'data'}", "data.train_count=4",
+        "world.image_size=16", "world.gaussians=64",
+        "train.steps=2", "train.batch_size=2", "train.warmup=1", "train.log_every=1",
+        "eval_count=2", "student.lora_rank=4", *extra,
+    ]  # fmt: skip
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = load_student(run / "student")
+    data = json.loads((tmp_path / "data" / "train" / "manifest.json").read_text())
+    assert data["count"] >= 4  # rendered from the teacher's six cameras:
+    from scenes.data import WorldDataset
+
+    ds = WorldDataset(tmp_path / "data", "train")
+    assert ds.world.target_azimuths == AZIMUTHS and ds.world.target_elevations == ELEVATIONS
+    views, _ = st.sample(torch.zeros(1, 3, 16, 16), st.card.steps[0], [0])
+    assert views.shape == (1, 6, 3, 16, 16) and torch.isfinite(views).all()
+
+
+def test_views_that_are_not_the_reconstructors_rig_are_a_clear_error(latent_teacher_dir):
+    """The sweep and serving refuse a teacher whose views the reconstructor was not trained on,
+    naming both rigs; the same cameras pass."""
+    from dataclasses import replace
+
+    from scenes.world import WorldConfig, check_views_fit
+
+    t = load_teacher(latent_teacher_dir)
+    rig4 = WorldConfig(image_size=16)
+    with pytest.raises(ValueError, match=r"makes 6 views at .*\(30, 20\), \(90, -10\).* takes 4"):
+        check_views_fit(t, rig4, "the teacher")
+    rig6 = replace(rig4, target_azimuths=AZIMUTHS, target_elevations=ELEVATIONS)
+    check_views_fit(t, rig6)  # no error
+    moved = replace(rig6, target_elevations=[20.0] * 6)
+    with pytest.raises(ValueError, match="reconstructor takes 6 views at"):
+        check_views_fit(t, moved)
