@@ -305,10 +305,12 @@ def test_unknown_method_lists_valid_ones():
         get_method("no-such-method")
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", ["meanflow", "reflow", "consistency", "dmd2", "shortcut"])
 def test_train_cli_smoke_x0_teacher(method, tiny_x0_teacher_dir, tiny_data_root, tmp_path):
-    """Every method distils an x0-predicting teacher (the shipped one): finite losses, a
-    student that samples to finite views."""
+    """Methods whose student or auxiliary networks change parametrization (velocity students,
+    the consistency boundary, DMD2's fake score, shortcut's velocity targets) distil an
+    x0-predicting teacher (the shipped kind): finite losses, a student that samples. The others
+    regress the teacher's own parametrization, as with every teacher."""
     test_train_cli_smoke(method, tiny_x0_teacher_dir, tiny_data_root, tmp_path)
 
 
