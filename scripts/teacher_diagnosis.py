@@ -74,9 +74,9 @@ def train_variant(name: str, overrides: list[str], a) -> float:
 
 
 def load_checkpoint(run: Path, step: int):
-    from teachers.lab import LabTeacher, LabTeacherConfig
-
     import yaml
+
+    from teachers.lab import LabTeacher, LabTeacherConfig
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())["teacher"]
     model = LabTeacher(LabTeacherConfig(**cfg))

@@ -149,7 +149,8 @@ class DiffusersTeacher(MultiViewTeacher):
         """The lab times of this teacher's own scheduler at ``steps`` steps: a DDPM-family
         config's timesteps as DDIMScheduler sets them (spacing, offset), ending at t = 0 when the
         final alpha_bar is 1 (``set_alpha_to_one``) or else at timestep 0's noise level, in
-        float64; a flow config's sigmas. A shift other than 1 asks for the lab's own shifted grid instead."""
+        float64; a flow config's sigmas. A shift other than 1 asks for the lab's own shifted
+        grid instead."""
         if shift != 1.0:
             return super().sampling_times(steps, shift)
         if steps < 1:

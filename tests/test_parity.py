@@ -18,7 +18,7 @@ from diffusers import (
 )
 
 from samplers.paths import get_path
-from samplers.sampling import Denoiser, generate, get_sampler, per_sample_noise, generators_for
+from samplers.sampling import Denoiser, generate, generators_for, get_sampler, per_sample_noise
 from teachers.base import tile_views, untile_views
 from teachers.io import load_teacher
 
@@ -155,8 +155,9 @@ def test_flow_matching_euler_matches_diffusers(tmp_path, shift):
     assert (teacher.path_name, teacher.prediction) == ("linear", "velocity")
     noise, cond = _inputs(teacher)
     for steps in STEPS:
-        ref = _diffusers_loop(teacher, FlowMatchEulerDiscreteScheduler.from_config(sched.config),
-                              steps, noise, cond)
+        ref = _diffusers_loop(
+            teacher, FlowMatchEulerDiscreteScheduler.from_config(sched.config), steps, noise, cond
+        )
         got = _lab(teacher, "euler", steps, noise, cond)
         err = (got - ref).abs().max().item()
         assert err <= TOL, f"euler at {steps} steps: max abs diff {err:.2e}"  # |x| ~ 1 here
