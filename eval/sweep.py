@@ -79,8 +79,9 @@ class Sweep:
         self.teacher = load_teacher(cfg.teacher).to(self.device)
         self.recon = Reconstructor.load(cfg.recon).to(self.device).eval()
         self.encoder = FeatureEncoder.load(cfg.encoder)
-        self.models, self.skipped = self._load_models()
         world = model_world(self.recon.info, self.recon.cfg.image_size)
+        self.recon_world = world  # the rig every model's views must be
+        self.models, self.skipped = self._load_models()
         if self.recon.cfg.image_size != self.teacher.info.image_size:
             raise ValueError(
                 f"reconstructor {cfg.recon} works at {self.recon.cfg.image_size}px, teacher "
@@ -115,12 +116,12 @@ class Sweep:
         models, skipped = {}, []
         for m in self.cfg.models:
             if m == "teacher":
-                check_views_fit(self.teacher, self.world, "the teacher")
+                check_views_fit(self.teacher, self.recon_world, "the teacher")
                 models["teacher"] = self.teacher
                 continue
             try:
                 st = load_student(m, teacher=self.teacher, merge=self.cfg.merge_lora)
-                check_views_fit(st, self.world, m)
+                check_views_fit(st, self.recon_world, m)
                 st = st.to(self.device)
             except (FileNotFoundError, ValueError) as e:
                 if not self.cfg.skip_unsupported:
