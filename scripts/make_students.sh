@@ -3,9 +3,15 @@
 # killed): one run per recipe configs/methods/<method>.yaml, into the recipe's `out`
 # (shipped/students/<method>). Extra arguments go to every run, e.g.
 #   ./scripts/make_students.sh out=            # keep shipped/ as it is: runs/students/<m>/student
+# RUN_ROOT=<folder> puts each method's run in <folder>/<method> (another teacher's students must
+# not resume from the runs of this one's), e.g. the world-2 teacher's:
+#   RUN_ROOT=runs/next/students ./scripts/make_students.sh teacher=shipped/next/teacher out= \
+#       data.root=data/world2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for recipe in configs/methods/*.yaml; do
     m=$(basename "$recipe" .yaml)
-    .venv/bin/distill train --method "$m" "$recipe" "$@"
+    extra=()
+    if [[ -n "${RUN_ROOT:-}" ]]; then extra=("run_dir=$RUN_ROOT/$m"); fi
+    .venv/bin/distill train --method "$m" "$recipe" "${extra[@]}" "$@"
 done
