@@ -17,7 +17,7 @@ from distill.methods import get_method
 from distill.methods.base import Context, CountingTeacher, regression_loss
 from samplers.paths import convert, get_path
 from scenes.data import open_split
-from scenes.world import WorldConfig, world_config, world_id
+from scenes.world import WorldConfig, recorded_world, world_id
 from students.student import Student, StudentCard, StudentConfig, save_student
 from teachers.io import load_teacher
 
@@ -84,18 +84,9 @@ def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
     """Students learn on their teacher's world: the one the teacher records, unless the config
     names another explicitly (then it must be the same world). A teacher without a record that
     names its cameras (a diffusers folder's multiview.json) gets data rendered from them."""
-    rec = (getattr(teacher, "meta", None) or {}).get("train_config", {}).get("world")
-    if rec is None:
-        world = asked
-        views = getattr(teacher, "views", None)
-        if views:
-            world = replace(
-                asked,
-                target_azimuths=[a for a, _ in views],
-                target_elevations=[e for _, e in views],
-            )
-    else:
-        own = world_config(rec)
+    own = recorded_world(getattr(teacher, "meta", None))
+    views = getattr(teacher, "views", None)
+    if own is not None:
         if not (asked == WorldConfig() or world_id(asked) == world_id(own)):
             raise ValueError(
                 f"world settings {world_id(asked)} differ from the teacher's world "
@@ -103,6 +94,14 @@ def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
                 "on the teacher's world"
             )
         world = own
+    elif views:
+        world = replace(
+            asked,
+            target_azimuths=[a for a, _ in views],
+            target_elevations=[e for _, e in views],
+        )
+    else:
+        world = asked
     n, (rows, cols) = len(world.target_azimuths), teacher.info.grid
     if n != teacher.info.views:
         raise ValueError(

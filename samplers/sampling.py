@@ -109,8 +109,11 @@ def _linear_time(path: Path, t: Tensor) -> Tensor:
     return path.sigma(t) / (path.alpha(t) + path.sigma(t))
 
 
-def _to_linear(path: Path, x: Tensor, t: Tensor) -> Tensor:
-    return x / _c(path.alpha(t) + path.sigma(t), x)
+def _linear_step_coords(path: Path, x: Tensor, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """x at time t in the path's linear coordinates, y = x / (alpha + sigma), and the step
+    h = u(s) - u(t) in their time (``_linear_time``), both in x's dtype."""
+    y = x / _c(path.alpha(t) + path.sigma(t), x)
+    return y, _c(_linear_time(path, s) - _linear_time(path, t), x)
 
 
 def _from_linear(path: Path, y: Tensor, t: Tensor) -> Tensor:
@@ -125,7 +128,7 @@ def sample_euler(den, x, ts, cond, generators=None, callback=None):
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, h = _to_linear(path, x, t), _c(_linear_time(path, s) - _linear_time(path, t), x)
+        y, h = _linear_step_coords(path, x, t, s)
         x = _from_linear(path, y + h * (eps - x0), s)
         if callback:
             callback(i, x, x0)
@@ -150,7 +153,7 @@ def sample_heun(den, x, ts, cond, generators=None, callback=None):
     for i in range(len(ts) - 1):
         t, s = _bt(ts[i], x), _bt(ts[i + 1], x)
         x0, eps = den(x, t, cond)
-        y, h = _to_linear(path, x, t), _c(_linear_time(path, s) - _linear_time(path, t), x)
+        y, h = _linear_step_coords(path, x, t, s)
         d = eps - x0
         y_e = y + h * d
         if ts[i + 1] > 0:

@@ -106,11 +106,17 @@ def world_config(d: dict) -> WorldConfig:
     return cfg
 
 
-def model_world(info: dict, image_size: int) -> WorldConfig:
+def recorded_world(info: dict | None) -> WorldConfig | None:
     """The world a model was trained on, from its saved record (``info["train_config"]
-    ["world"]``); a model without one gets the default world at its image size."""
+    ["world"]``: teacher.json, student.json, recon.json), or None without one."""
     rec = (info or {}).get("train_config", {}).get("world")
-    return world_config(rec) if rec is not None else WorldConfig(image_size=image_size)
+    return world_config(rec) if rec is not None else None
+
+
+def model_world(info: dict, image_size: int) -> WorldConfig:
+    """The world a model was trained on (``recorded_world``); a model without a record gets the
+    default world at its image size."""
+    return recorded_world(info) or WorldConfig(image_size=image_size)
 
 
 def back_classes() -> list[tuple[str, str]]:
@@ -436,9 +442,9 @@ def model_cameras(model) -> list[tuple[float, float]] | None:
             continue
         if getattr(m, "views", None):
             return [tuple(v) for v in m.views]
-        rec = (getattr(m, "meta", None) or {}).get("train_config", {}).get("world")
-        if rec is not None:
-            return target_views(world_config(rec))
+        world = recorded_world(getattr(m, "meta", None))
+        if world is not None:
+            return target_views(world)
     return None
 
 
