@@ -3,26 +3,15 @@ import math
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tiny_util import pixel_unet, tiny_vae
 
 from samplers.sampling import generate
 from teachers.io import load_teacher
 
 
 def _pixel_teacher(folder, prediction="v_prediction"):
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=6,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
-    unet.save_pretrained(folder / "unet")
+    pixel_unet().save_pretrained(folder / "unet")
     DDPMScheduler(beta_schedule="scaled_linear", prediction_type=prediction).save_pretrained(
         folder / "scheduler"
     )
@@ -62,15 +51,7 @@ def test_ddpm_timesteps_match_the_lab_cosine_path(tmp_path):
 def test_latent_condition_unet_3x2_grid(tmp_path):
     torch.manual_seed(0)
     folder = tmp_path / "lat"
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    vae.save_pretrained(folder / "vae")
+    tiny_vae().save_pretrained(folder / "vae")
     unet = UNet2DConditionModel(
         sample_size=(24, 16),
         in_channels=8,

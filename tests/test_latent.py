@@ -5,12 +5,12 @@ the student samples decoded views."""
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tiny_util import smoke_train_args, tiny_vae
 
 from distill.methods import METHODS
 from students.student import load_student
@@ -27,14 +27,7 @@ def latent_teacher_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("latent") / "teacher"
-    AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    ).save_pretrained(folder / "vae")
+    tiny_vae().save_pretrained(folder / "vae")
     UNet2DConditionModel(
         sample_size=(24, 16),
         in_channels=8,  # 4 latent channels + the condition's 4, concatenated
@@ -86,40 +79,16 @@ def test_a_grid_without_enough_cameras_is_a_clear_error(latent_teacher_dir, tmp_
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_distils_a_latent_teacher(method, latent_teacher_dir, tmp_path):
-    extra = {
-        "progressive": ["method.start_steps=2"],
-        "reflow": ["method.couplings=2", "method.coupling_steps=2", "method.coupling_batch=2"],
-        "shortcut": ["method.max_steps=4"],
-        "consistency": ["method.grid=4"],
-        "finetune": [],
-        "meanflow": ["method.r_fraction=0.5"],
-        "dmd2": [
-            "method.fake_updates=1",
-            "method.fake_lora_rank=4",
-            "method.generator_steps=2",
-            "method.regression_fraction=0.5",
-            "method.couplings=2",
-            "method.coupling_steps=2",
-            "method.gan_weight=0.01",
-        ],
-    }[method]
-    run = tmp_path / "run"
-    args = [
-        sys.executable, "-m", "distill.cli", "train", "--method", method,
-        "--teacher", str(latent_teacher_dir),
-        f"run_dir={run}", f"data.root={tmp_path / 'data'}", "data.train_count=4",
-        "world.image_size=16", "world.gaussians=64",
-        "train.steps=2", "train.batch_size=2", "train.warmup=1", "train.log_every=1",
-        "eval_count=2", "student.lora_rank=4", *extra,
-    ]  # fmt: skip
+    run, data = tmp_path / "run", tmp_path / "data"
+    args = smoke_train_args(method, latent_teacher_dir, run, data, 4, "student.lora_rank=4")
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     st = load_student(run / "student")
-    data = json.loads((tmp_path / "data" / "train" / "manifest.json").read_text())
-    assert data["count"] >= 4  # rendered from the teacher's six cameras:
+    manifest = json.loads((data / "train" / "manifest.json").read_text())
+    assert manifest["count"] >= 4  # rendered from the teacher's six cameras:
     from scenes.data import WorldDataset
 
-    ds = WorldDataset(tmp_path / "data", "train")
+    ds = WorldDataset(data, "train")
     assert ds.world.target_azimuths == AZIMUTHS and ds.world.target_elevations == ELEVATIONS
     views, _ = st.sample(torch.zeros(1, 3, 16, 16), st.card.steps[0], [0])
     assert views.shape == (1, 6, 3, 16, 16) and torch.isfinite(views).all()
@@ -141,3 +110,21 @@ def test_views_that_are_not_the_reconstructors_rig_are_a_clear_error(latent_teac
     moved = replace(rig6, target_elevations=[20.0] * 6)
     with pytest.raises(ValueError, match="reconstructor takes 6 views at"):
         check_views_fit(t, moved)
+
+
+def test_a_teacher_without_cameras_on_a_rig_of_other_size_is_a_clear_error(
+    latent_teacher_dir, tmp_path
+):
+    """Six views with no cameras in multiview.json cannot train on the default four-view rig."""
+    import shutil
+
+    from distill.train_cmd import _student_world
+    from scenes.world import WorldConfig
+
+    bare = tmp_path / "bare"
+    shutil.copytree(latent_teacher_dir, bare)
+    (bare / "multiview.json").write_text(json.dumps({"rows": 3, "cols": 2, "image_size": 16}))
+    with pytest.raises(ValueError, match=r"makes 6 views \(3x2 grid\) but the world's rig has 4"):
+        _student_world(WorldConfig(image_size=16), load_teacher(bare))
+    world = _student_world(WorldConfig(image_size=16), load_teacher(latent_teacher_dir))
+    assert world.target_azimuths == AZIMUTHS and world.target_elevations == ELEVATIONS

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_util import smoke_train_args
 
 from distill.methods import METHODS, get_method
 from distill.methods.base import Context
@@ -316,49 +317,7 @@ def test_train_cli_smoke_x0_teacher(method, tiny_x0_teacher_dir, tiny_data_root,
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
-    extra = {
-        "progressive": ["method.start_steps=4"],
-        "reflow": [
-            "method.couplings=4",
-            "method.coupling_steps=2",
-            "method.coupling_batch=2",
-            "method.distill_steps=1",
-        ],
-        "shortcut": ["method.max_steps=8"],
-        "consistency": ["method.grid=4"],
-        "finetune": [],
-        "meanflow": ["method.r_fraction=0.5"],
-        "dmd2": [
-            "method.fake_updates=1",
-            "method.fake_lora_rank=4",
-            "method.generator_steps=2",
-            "method.regression_fraction=0.5",
-            "method.couplings=2",
-            "method.coupling_steps=2",
-            "method.gan_weight=0.01",
-        ],
-    }[method]
-    args = [
-        sys.executable,
-        "-m",
-        "distill.cli",
-        "train",
-        "--method",
-        method,
-        "--teacher",
-        str(tiny_teacher_dir),
-        f"run_dir={tmp_path / 'run'}",
-        f"data.root={tiny_data_root}",
-        "data.train_count=12",
-        "world.image_size=16",
-        "world.gaussians=64",
-        "train.steps=2",
-        "train.batch_size=2",
-        "train.warmup=1",
-        "train.log_every=1",
-        "eval_count=2",
-        *extra,
-    ]
+    args = smoke_train_args(method, tiny_teacher_dir, tmp_path / "run", tiny_data_root, 12)
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = tmp_path / "run" / "student"
@@ -670,3 +629,10 @@ def test_teacher_velocity_loss_of_an_x0_network_is_x0_error_over_t_squared():
     assert torch.allclose(out - target, want, atol=1e-5)
     # with t >= t_min the target is the true velocity eps - x0
     assert torch.allclose(target[1:], (eps - x0)[1:], atol=1e-5)
+
+
+def test_unknown_teacher_loss_space_is_a_clear_error():
+    from distill.teacher_cmd import train_teacher
+
+    with pytest.raises(ValueError, match="objective.loss_space='x0'; valid: prediction, velocity"):
+        train_teacher([str(ROOT / "configs/teacher/tiny.yaml"), "objective.loss_space=x0"])

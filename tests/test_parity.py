@@ -14,8 +14,8 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     FlowMatchEulerDiscreteScheduler,
-    UNet2DModel,
 )
+from tiny_util import pixel_unet
 
 from samplers.paths import get_path
 from samplers.sampling import Denoiser, generate, generators_for, get_sampler, per_sample_noise
@@ -34,22 +34,7 @@ DDPM_FAMILY = [
 
 
 def _teacher(folder, scheduler) -> torch.nn.Module:
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=6,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-        attention_head_dim=8,
-    )
-    with torch.no_grad():  # diffusers zero-inits the last conv: give the output some size
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    unet.save_pretrained(folder / "unet")
+    pixel_unet(perturb=True).save_pretrained(folder / "unet")
     scheduler.save_pretrained(folder / "scheduler")
     (folder / "multiview.json").write_text(json.dumps({"rows": 2, "cols": 2, "image_size": 8}))
     return load_teacher(folder)

@@ -127,3 +127,14 @@ def test_eval_split_rejects_data_of_another_size(tmp_path, tiny_world):
     assert len(ds) == 2 and ds.world == tiny_world
     with pytest.raises(ValueError, match=r"data is 16x16 pixels, the model works at 32x32"):
         open_eval_split(tmp_path, "test", 2, 32)
+
+
+def test_target_elevations_of_the_wrong_length_are_a_clear_error():
+    from scenes.world import WorldConfig, make_rig, target_views
+
+    cfg = WorldConfig(target_elevations=[20.0, -10.0])
+    with pytest.raises(ValueError, match="target_elevations has 2 entries for 4 target_azimuths"):
+        make_rig(cfg)
+    per_view = WorldConfig(target_elevations=[20.0, -10.0, 20.0, -10.0])
+    assert target_views(per_view)[1] == (90.0, -10.0)
+    assert target_views(WorldConfig())[1] == (90.0, 20.0)

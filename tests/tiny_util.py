@@ -1,0 +1,82 @@
+"""Helpers shared by the tests: tiny diffusers components and the arguments of a smoke run of
+`distill train` (a few updates of any method on tiny data)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DModel
+
+# per method: settings small enough for two updates on tiny data
+METHOD_SMOKE = {
+    "progressive": ["method.start_steps=4"],
+    "reflow": [
+        "method.couplings=4",
+        "method.coupling_steps=2",
+        "method.coupling_batch=2",
+        "method.distill_steps=1",
+    ],
+    "shortcut": ["method.max_steps=8"],
+    "consistency": ["method.grid=4"],
+    "finetune": [],
+    "meanflow": ["method.r_fraction=0.5"],
+    "dmd2": [
+        "method.fake_updates=1",
+        "method.fake_lora_rank=4",
+        "method.generator_steps=2",
+        "method.regression_fraction=0.5",
+        "method.couplings=2",
+        "method.coupling_steps=2",
+        "method.gan_weight=0.01",
+    ],
+}
+
+
+def smoke_train_args(
+    method: str, teacher: Path, run: Path, data_root: Path, train_count: int, *extra: str
+) -> list[str]:
+    """`python -m distill.cli train` for two updates of ``method`` at 16 px."""
+    return [
+        sys.executable, "-m", "distill.cli", "train", "--method", method,
+        "--teacher", str(teacher),
+        f"run_dir={run}", f"data.root={data_root}", f"data.train_count={train_count}",
+        "world.image_size=16", "world.gaussians=64",
+        "train.steps=2", "train.batch_size=2", "train.warmup=1", "train.log_every=1",
+        "eval_count=2", *METHOD_SMOKE[method], *extra,
+    ]  # fmt: skip
+
+
+def pixel_unet(perturb: bool = False) -> UNet2DModel:
+    """A tiny pixel-space UNet for a 2x2 grid of 8 px views with the condition concatenated.
+    ``perturb`` adds small random weights everywhere (diffusers zero-inits the last conv)."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=6,
+        out_channels=3,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    if perturb:
+        with torch.no_grad():
+            for p in unet.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    return unet
+
+
+def tiny_vae() -> AutoencoderKL:
+    """A tiny AutoencoderKL: 4 latent channels, 2x down."""
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
