@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distill.config import ConfigError
+from distill.config import DATA_ROOT, ConfigError
 
 CONFIG_HELP = "config files (*.yaml) and key=value overrides, applied in order"
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("make", help="render a split of the world into safetensors shards")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--count", type=int, required=True, help="number of objects")
-    p.add_argument("--root", default=None, help="output root (default data/world)")
+    p.add_argument("--root", default=None, help=f"output root (default {DATA_ROOT})")
     _add_config(p)
     p = dsub.add_parser("show", help="contact sheet of one object: condition, targets, held-out")
     p.add_argument("--seed", type=int, default=0, help="world seed of the object")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
     p.add_argument("--count", type=int, default=64, help="test objects")
     p.add_argument("--out", default="runs/recon_eval", help="output folder")
-    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p = rsub.add_parser("run", help="views -> 3DGS PLY (+ a contact sheet of renders)")
     p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first object")
     p.add_argument("--count", type=int, default=4, help="test objects")
     p.add_argument("--out", default="student_grid.png", help="output PNG")
-    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
     p = sub.add_parser("compare", help="students vs the teacher at the same steps and at 50")
     p.add_argument("--students", required=True, help="comma-separated student folders")
     p.add_argument("--steps", default="1,2,4", help="comma-separated step counts")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance", type=float, default=1.0, help="teacher classifier-free guidance scale"
     )
     p.add_argument("--out", default="runs/compare", help="output folder")
-    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
 
     # sweep
     p = sub.add_parser("sweep", help="end-to-end steps vs quality vs latency, Pareto plot, report")
@@ -163,7 +163,7 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
     p.add_argument("--sampler", default="euler", help="euler | heun | ddim | dpmpp")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--data-root", default="data/world", help="dataset root (test split)")
+    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
 
 
 def _steps(text: str) -> list[int]:

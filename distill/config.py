@@ -12,11 +12,16 @@ from omegaconf.errors import OmegaConfBaseException
 T = TypeVar("T")
 
 
+# where the default world's data lives (version 2; data/world holds version 1, on which the
+# first teacher, the reconstructor and the feature encoder were trained)
+DATA_ROOT = "data/world2"
+
+
 @dataclass
 class DataSpec:
     """Where a training command finds the world's train split (made on first use)."""
 
-    root: str = "data/world"  # dataset root
+    root: str = DATA_ROOT  # dataset root
     train_count: int = 4000  # training objects
 
 

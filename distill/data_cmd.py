@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.config import load_config
+from distill.config import DATA_ROOT, load_config
 from scenes.data import make_split
 from scenes.preview import contact_sheet
 from scenes.world import WorldConfig, make_rig, make_samples, target_views
@@ -17,7 +17,7 @@ from scenes.world import WorldConfig, make_rig, make_samples, target_views
 
 @dataclass
 class DataConfig:
-    root: str = "data/world"  # where splits are written (root/<split>/)
+    root: str = DATA_ROOT  # where splits are written (root/<split>/)
     world: WorldConfig = field(default_factory=WorldConfig)
 
 

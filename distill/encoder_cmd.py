@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, train
+from distill.loop import TrainConfig, is_main, main_first, train, train_device, unwrap
 from eval.distribution import distribution_distances
 from eval.encoder import FeatureEncoder
 from scenes.data import open_split
@@ -51,23 +51,27 @@ def _views(b) -> torch.Tensor:
 def train_encoder(args: list[str]) -> Path:
     cfg = load_config(EncoderTrainConfig, args)
     run_dir = Path(cfg.run_dir)
-    save_config(cfg, run_dir)
-    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    with main_first():  # one process makes the data; the others read it
+        save_config(cfg, run_dir)
+        ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
     n = cfg.data.train_count
-    labels = _labels(ds.data["seeds"][:n], cfg.world)
+    labels = _labels(ds.data["seeds"][:n], cfg.world).to(train_device())
     torch.manual_seed(cfg.train.seed)
     model = FeatureEncoder(labels.shape[1], cfg.width)
 
-    def step_fn(m, step, gen):
-        idx = torch.randint(n, (cfg.train.batch_size,), generator=gen)
+    def step_fn(m, step, draws):
+        idx = draws.randint(0, n)
         views = _views(ds.batch(idx))
-        v = torch.randint(views.shape[1], (len(idx),), generator=gen)
+        v = draws.randint(0, views.shape[1])
         img = views[torch.arange(len(idx)), v]
-        pred = m.head(m(img))
+        pred = unwrap(m).head(m(img))
         return {"loss": F.mse_loss(pred, labels[idx])}
 
     t0 = time.perf_counter()
     model, _, _ = train(run_dir, cfg.train, model, step_fn, desc="encoder")
+    out = Path(cfg.out or run_dir / "encoder")
+    if not is_main():  # one process measures and writes the encoder
+        return out
     model.eval()
     val = open_split(cfg.data.root, "val", cfg.val_count, cfg.world)
     vb = val.batch(list(range(cfg.val_count)))
@@ -92,7 +96,6 @@ def train_encoder(args: list[str]) -> Path:
         "check_real_vs_real": same,
         "check_real_vs_blurred_2x": blur,
     }
-    out = Path(cfg.out or run_dir / "encoder")
     model.save(out, meta)
     print(
         f"encoder saved to {out}: val R2 {meta['val_r2_mean']}, FID real/real "

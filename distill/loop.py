@@ -6,6 +6,13 @@ N steps and at the end, exact resume after a kill (model, optimizer, scheduler, 
 and any extra state the task registers), a progress bar, and per-term CSV (and TensorBoard)
 logs. Each step draws its randomness from a generator seeded by (seed, step), so a resumed run
 repeats exactly what an uninterrupted one would have done.
+
+Device placement has one owner, this loop: :func:`train_device` decides (accelerate's choice),
+the loop moves the model there, and each step runs with that device as torch's default device
+and a step generator on it, so every tensor a step draws or builds (noise, times, masks, the
+data rows it indexes: see ``scenes.data.WorldDataset.batch``) is made where the model is.
+Commands move their frozen networks and constant tensors with ``train_device()`` before
+training; the loop gives the model back on the device it came from.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -106,9 +113,101 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The generator for one (micro-)step: a pure function of (seed, step)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
+class Draws:
+    """A step's random draws, for this process's rows of the global batch.
+
+    Every per-row draw is made for the whole global batch (``batch`` rows per process, all
+    processes together) from a generator that every process seeds alike, and this process keeps
+    its own rows: N processes with ``batch`` rows each see exactly the rows one process with
+    N * ``batch`` rows sees, and their generators stay in step. With one process a draw is the
+    plain ``torch.rand((batch, ...), generator=gen)``. Draws that are not per row (a step count
+    shared by the batch) use ``gen`` itself, the same on every process."""
+
+    def __init__(self, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"process {rank} of {world}")
+        self.gen, self.batch, self.rank, self.world = gen, batch, rank, world
+        self.total = batch * world  # rows of the global batch
+
+    def local(self, x: Tensor, first: int = 0) -> Tensor:
+        """The rows of ``x`` that are this process's, where ``x`` holds the global rows
+        ``first, first + 1, ...`` (a part of the batch drawn on its own, e.g. its first 25%)."""
+        lo, hi = self.rank * self.batch - first, (self.rank + 1) * self.batch - first
+        lo, hi = min(max(lo, 0), len(x)), min(max(hi, 0), len(x))
+        return x[lo:hi]
+
+    def rand(self, *shape: int) -> Tensor:
+        """Uniform [0, 1) values [batch, *shape]."""
+        return self.local(
+            torch.rand((self.total, *shape), generator=self.gen, device=self.gen.device)
+        )
+
+    def randn(self, *shape: int) -> Tensor:
+        """Standard normal values [batch, *shape]."""
+        return self.local(
+            torch.randn((self.total, *shape), generator=self.gen, device=self.gen.device)
+        )
+
+    def randint(self, low: int, high: int, *shape: int) -> Tensor:
+        """Integers in [low, high) [batch, *shape]."""
+        return self.local(
+            torch.randint(
+                low, high, (self.total, *shape), generator=self.gen, device=self.gen.device
+            )
+        )
+
+
+def as_draws(gen: torch.Generator | Draws, rows: int) -> Draws:
+    """``gen`` as the draws of one process with ``rows`` rows (a Draws is returned as is)."""
+    return gen if isinstance(gen, Draws) else Draws(gen, rows)
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for one (micro-)step: a pure function of (seed, step) on ``device``."""
+    g = torch.Generator(device=device)
+    return g.manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
+
+
+def main_first():
+    """Context in which the main process runs first (making data or couplings, writing the
+    run's config) and the other processes after it, finding its files; one process alone runs
+    straight through."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).main_process_first()
+
+
+def is_main() -> bool:
+    """Whether this process writes the run's outputs (the only one, or rank 0 of several)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+
+
+def process_sum(x: int) -> int:
+    """``x`` summed over the training processes (``x`` itself when one process trains); every
+    process must call it at the same point."""
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.int64, device=state.device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` over the training processes (a network that a method
+    optimises itself, beside the loop's model, e.g. DMD2's fake score); no-op for one process."""
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= state.num_processes
+
+
+def train_device() -> torch.device:
+    """The device this process trains on, decided in one place: accelerate's choice (the
+    process's GPU under ``accelerate launch``, else CUDA when present, else the CPU; ``--cpu``
+    or ACCELERATE_USE_CPU=1 forces the CPU). The loop's Accelerator shares this state."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
 
 
 def _lr_lambda(cfg: TrainConfig, origin: list[int]) -> Callable[[int], float]:
@@ -163,7 +262,7 @@ class Checkpoints:
         return final
 
 
-StepFn = Callable[[nn.Module, int, torch.Generator], dict[str, Tensor]]
+StepFn = Callable[[nn.Module, int, Draws], dict[str, Tensor]]
 
 
 def train(
@@ -177,9 +276,14 @@ def train(
 ) -> tuple[nn.Module, EMA | None, dict]:
     """Optimise ``model``'s trainable parameters with ``step_fn`` for ``cfg.steps`` updates.
 
-    ``step_fn(model, micro_step, generator)`` returns named loss terms including ``loss``
-    (what is optimised). ``extra_state`` maps names to objects with ``state_dict`` /
-    ``load_state_dict`` that must survive a resume (e.g. a method's target network).
+    ``step_fn(model, micro_step, draws)`` returns named loss terms including ``loss``
+    (what is optimised); ``model`` is what accelerate prepared (a DistributedDataParallel
+    wrapper when several processes train: call it for the forward pass whose loss is
+    optimised, and use :func:`unwrap` for attributes and other calls); ``draws`` (a
+    :class:`Draws`) makes the step's randomness, this process's rows of the global batch of
+    ``cfg.batch_size`` rows per process. ``extra_state`` maps
+    names to objects with ``state_dict`` / ``load_state_dict`` that must survive a resume (e.g.
+    a method's target network).
     ``on_step(step, model)`` runs after each update (e.g. a method's round switch); when it
     returns True the optimizer state is dropped and the learning-rate schedule (warm-up
     included) starts again from the next update.
@@ -206,6 +310,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    home = params[0].device  # where the model is given back
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
     )
@@ -278,12 +383,11 @@ def train(
     for step in range(start, cfg.steps):
         sums: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            gen = step_generator(
-                cfg.seed, step * cfg.grad_accum + micro + acc.process_index * 10**9
-            )
-            with acc.accumulate(model):
+            gen = step_generator(cfg.seed, step * cfg.grad_accum + micro, acc.device)
+            draws = Draws(gen, cfg.batch_size, acc.process_index, acc.num_processes)
+            with acc.accumulate(model), acc.device:
                 with acc.autocast():
-                    terms = step_fn(model, step * cfg.grad_accum + micro, gen)
+                    terms = step_fn(model, step * cfg.grad_accum + micro, draws)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at step {step}: {terms}")
@@ -293,12 +397,15 @@ def train(
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+            if acc.num_processes > 1:  # the logged loss is the global batch's
+                terms["loss"] = acc.reduce(terms["loss"].detach(), "mean")
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
         if ema is not None:
             ema.update(raw)
-        if on_step is not None and on_step(step + 1, raw):
-            _restart(opt, sched, origin, lr_factor)
+        with acc.device:
+            if on_step is not None and on_step(step + 1, raw):
+                _restart(opt, sched, origin, lr_factor)
         last_terms = sums
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
@@ -333,9 +440,17 @@ def train(
         "resumed_from": start,
         "final": last_terms,
         "seconds_this_run": round(time.perf_counter() - t_start, 1),
+        "device": str(acc.device),
+        "processes": acc.num_processes,
     }
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    return raw, ema, summary
+    if acc.is_main_process:
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return raw.to(home), ema, summary
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (the model itself otherwise)."""
+    return getattr(model, "module", model)
 
 
 def _restart(opt, sched, origin: list[int], lr_factor) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, start_from, train
+from distill.loop import TrainConfig, is_main, main_first, start_from, train, train_device
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
@@ -49,14 +49,16 @@ def train_recon(args: list[str]) -> Path:
             f"world.image_size={cfg.world.image_size} but recon.image_size={cfg.recon.image_size}"
         )
     run_dir = Path(cfg.run_dir)
-    save_config(cfg, run_dir)
-    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    with main_first():  # one process makes the data; the others read it
+        save_config(cfg, run_dir)
+        ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
     rig = make_rig(cfg.world)
     size, n = cfg.world.image_size, cfg.data.train_count
-    vm_in = rig.target_viewmats
-    vm_all = torch.cat([rig.target_viewmats, rig.heldout_viewmats])  # [C, 4, 4]
+    dev = train_device()  # the rig's tensors live where the steps run
+    vm_in, K = rig.target_viewmats.to(dev), rig.K.to(dev)
+    vm_all = torch.cat([vm_in, rig.heldout_viewmats.to(dev)])  # [C, 4, 4]
     n_cams, k = vm_all.shape[0], min(cfg.loss.render_views, vm_all.shape[0])
-    white = torch.ones(3)
+    white = torch.ones(3, device=dev)
     torch.manual_seed(cfg.train.seed)
     model = Reconstructor(cfg.recon)
     if cfg.init:
@@ -66,13 +68,13 @@ def train_recon(args: list[str]) -> Path:
         start_from(model, start, f"init reconstructor {cfg.init}", "recon")
     L = cfg.loss
 
-    def step_fn(m, step, gen):
-        b = ds.batch(torch.randint(n, (cfg.train.batch_size,), generator=gen))
+    def step_fn(m, step, draws):
+        b = ds.batch(draws.randint(0, n))
         bs = b["targets"].shape[0]
-        g = m(b["targets"], vm_in, rig.K.expand(len(vm_in), 3, 3))
-        sel = torch.argsort(torch.rand(bs, n_cams, generator=gen), dim=1)[:, :k]  # [B, k]
+        g = m(b["targets"], vm_in, K.expand(len(vm_in), 3, 3))
+        sel = torch.argsort(draws.rand(n_cams), dim=1)[:, :k]  # [B, k] cameras rendered
         vms = vm_all[sel]
-        Ks = rig.K.expand(bs, k, 3, 3)
+        Ks = K.expand(bs, k, 3, 3)
         rgb, alpha, _ = rasterize(g, vms, Ks, size, size, background=white)
         images = torch.cat([b["targets"], b["heldout"]], 1)
         gt = images[torch.arange(bs)[:, None], sel].movedim(2, -1) * 0.5 + 0.5
@@ -80,7 +82,7 @@ def train_recon(args: list[str]) -> Path:
         with torch.no_grad():
             _, gt_alpha, _ = rasterize(truth, vms, Ks, size, size)
             _, in_alpha, in_depth = rasterize(
-                truth, vm_in.expand(bs, -1, -1, -1), rig.K.expand(bs, len(vm_in), 3, 3), size, size
+                truth, vm_in.expand(bs, -1, -1, -1), K.expand(bs, len(vm_in), 3, 3), size, size
             )
         terms = {"rgb": ((rgb - gt) ** 2).mean(), "mask": ((alpha - gt_alpha) ** 2).mean()}
         z = _camera_depth(g.means.reshape(bs, len(vm_in), -1, 3), vm_in)
@@ -95,6 +97,8 @@ def train_recon(args: list[str]) -> Path:
     if ema is not None:
         ema.copy_to(model)
     out = Path(cfg.out or run_dir / "recon")
+    if not is_main():  # one process writes the reconstructor
+        return out
     model.save(
         out,
         meta={

@@ -26,17 +26,17 @@ def record_metrics(
     """Measure a student at its step counts (up to ``max_steps``) on ``count`` objects of
     ``split`` (val: these quick figures are what a user compares recipes by) and write the
     figures into its student.json."""
-    folder = Path(folder)
-    student = load_student(folder)
-    teacher = student.student.net  # same weights as the teacher it was made from
+    from distill.loop import train_device
+
+    folder, device = Path(folder), train_device()
+    student = load_student(folder).to(device)
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
     world = model_world(card, student.info.image_size)
     truth, seeds = eval_objects(data_root, split, count, student.info.image_size, world)
     cond, gt = truth.cond, truth.targets
-    ref = teacher_reference(
-        load_teacher(card["teacher_dir"]), cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance
-    )
+    teacher = load_teacher(card["teacher_dir"]).to(device)
+    ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance)
     del teacher
     steps = [s for s in card["steps"] if s <= max_steps]
     rows = compare_rows({"student": student}, cond, gt, seeds, steps, ref)

@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, start_from, train
+from distill.loop import TrainConfig, is_main, main_first, start_from, train
 from distill.methods.base import diffusion_targets, regression_loss
 from samplers.paths import convert, get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, world_id
-from teachers.base import weights_hash
 from teachers.lab import LabTeacher, LabTeacherConfig
 
 
@@ -48,8 +47,8 @@ LOSS_SPACES = ("prediction", "velocity")
 def in_velocity(path, prediction: str, tg, out, t_min: float):
     """The output and target of a ``prediction`` network as velocities, converted at
     max(t, t_min): for an x0 network on the linear path the loss becomes |x0 error|^2 / t^2."""
-    t = tg.t.to(out.device).clamp(min=t_min)
-    x_t = tg.x_t.to(out.device)
+    t = tg.t.clamp(min=t_min)
+    x_t = tg.x_t
     return (
         convert(path, out, x_t, t, prediction, "velocity"),
         convert(path, tg.target, x_t, t, prediction, "velocity"),
@@ -70,8 +69,9 @@ def train_teacher(args: list[str]) -> Path:
     if len(cfg.world.target_azimuths) != cfg.teacher.views:
         raise ValueError("world.target_azimuths and teacher.views disagree on the view count")
     run_dir = Path(cfg.run_dir)
-    save_config(cfg, run_dir)
-    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    with main_first():  # one process makes the data; the others read it
+        save_config(cfg, run_dir)
+        ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
     n = cfg.data.train_count
     path = get_path(cfg.teacher.path)
     torch.manual_seed(cfg.train.seed)
@@ -80,21 +80,19 @@ def train_teacher(args: list[str]) -> Path:
         start_from(model, LabTeacher.load(cfg.init), f"init teacher {cfg.init}", "teacher")
     obj = cfg.objective
 
-    def step_fn(m, step, gen):
-        dev = next(m.parameters()).device
-        b = ds.batch(torch.randint(n, (cfg.train.batch_size,), generator=gen))
+    def step_fn(m, step, draws):  # on the training device (the loop's): data rows and draws too
+        b = ds.batch(draws.randint(0, n))
         tg = diffusion_targets(
             b["targets"],
             b["cond"],
             path,
             cfg.teacher.prediction,
-            gen,
+            draws,
             obj.t_sampling,
             obj.cond_dropout,
             obj.t_shift,
         )
-        out = m(tg.x_t.to(dev), tg.t.to(dev), tg.cond.to(dev))
-        tg.target = tg.target.to(dev)
+        out = m(tg.x_t, tg.t, tg.cond)
         if obj.loss_space == "velocity":
             out, tg.target = in_velocity(path, cfg.teacher.prediction, tg, out, obj.loss_t_min)
         return regression_loss(out, tg)
@@ -104,6 +102,8 @@ def train_teacher(args: list[str]) -> Path:
     if ema is not None:
         ema.copy_to(model)
     out = Path(cfg.out or run_dir / "teacher")
+    if not is_main():  # one process writes the teacher
+        return out
     meta = {
         "world_id": world_id(cfg.world),
         "train_config": to_dict(cfg),
@@ -113,7 +113,7 @@ def train_teacher(args: list[str]) -> Path:
         "init": cfg.init,
     }
     model.save(out, meta=meta)
-    print(f"teacher saved to {out} (weights {weights_hash(LabTeacher.load(out))})")
+    print(f"teacher saved to {out} (weights {LabTeacher.load(out).weights_key()})")
     return out
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, train
+from distill.loop import (
+    TrainConfig,
+    is_main,
+    main_first,
+    process_sum,
+    train,
+    train_device,
+    unwrap,
+)
 from distill.methods import get_method
 from distill.methods.base import Context, CountingTeacher, regression_loss
 from samplers.paths import convert, get_path
@@ -45,20 +53,24 @@ def schema(method_cls) -> type:
 
 
 class Cost:
-    """The run's measured training cost, carried through checkpoints so resumes add up."""
+    """The run's measured training cost, carried through checkpoints so resumes add up. Teacher
+    NFE are summed over the training processes at every update."""
 
     def __init__(self, teacher: CountingTeacher, prepare_s: float, passes_per_update: int):
         self.teacher, self.prepare_s, self.per_update = teacher, prepare_s, passes_per_update
         self.updates = 0
+        self.earlier_nfe = 0  # earlier (killed) runs' teacher NFE
+        self.nfe = teacher.nfe  # this run's, all processes, as of the last update
 
     def count(self, step: int, _model) -> None:
         self.updates = step
+        self.nfe = process_sum(self.teacher.nfe)
 
     def state_dict(self) -> dict:
-        return {"teacher_nfe": self.teacher.nfe, "prepare_s": self.prepare_s}
+        return {"teacher_nfe": self.earlier_nfe + self.nfe, "prepare_s": self.prepare_s}
 
     def load_state_dict(self, sd: dict) -> None:  # earlier runs' cost plus this run's so far
-        self.teacher.nfe += sd["teacher_nfe"]
+        self.earlier_nfe = sd["teacher_nfe"]
         self.prepare_s += sd["prepare_s"]
 
     def record(self, train_s: float) -> dict:
@@ -66,7 +78,7 @@ class Cost:
             "wall_s": round(self.prepare_s + train_s, 3),
             "prepare_s": round(self.prepare_s, 3),
             "train_s": round(train_s, 3),
-            "teacher_nfe": self.teacher.nfe,
+            "teacher_nfe": self.earlier_nfe + self.nfe,
             "student_passes": self.updates * self.per_update,
             "updates": self.updates,
             "machine": machine(),
@@ -119,15 +131,18 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     if teacher_dir:
         cfg.teacher = teacher_dir
     run_dir = Path(cfg.run_dir or f"runs/students/{method}")
-    teacher = CountingTeacher(load_teacher(cfg.teacher).requires_grad_(False))
+    device = train_device()
+    teacher = CountingTeacher(load_teacher(cfg.teacher).requires_grad_(False).to(device))
     cfg.world = _student_world(cfg.world, teacher)
     if cfg.world.image_size != teacher.info.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but the teacher makes "
             f"{teacher.info.image_size}px views"
         )
-    save_config(cfg, run_dir)
-    ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
+    with main_first():  # one process makes the data; the others read it
+        _check_run_teacher(run_dir, teacher.inner)
+        save_config(cfg, run_dir)
+        ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
     ctx = Context(
         teacher=teacher,
         path=get_path(teacher.path_name),
@@ -140,19 +155,20 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         train_count=cfg.data.train_count,
         ema_decay=cfg.train.ema_decay,
         ema_warmup=cfg.train.ema_warmup,
+        device=device,
     )
     m = mcls(cfg.method, ctx)
     scfg, spath, spred = m.student_setup(StudentConfig(**asdict(cfg.student)))
     torch.manual_seed(cfg.train.seed)
-    student = Student(teacher.inner, scfg, path=spath, prediction=spred)
-    m.prepare(student)
-    cost = Cost(
-        teacher, time.perf_counter() - t_prepare, cfg.train.batch_size * cfg.train.grad_accum
-    )
+    student = Student(teacher.inner, scfg, path=spath, prediction=spred).to(device)
+    with device, main_first():  # built with the student (target networks); couplings made once
+        m.prepare(student)
+    per_update = cfg.train.batch_size * cfg.train.grad_accum * process_sum(1)  # all processes
+    cost = Cost(teacher, time.perf_counter() - t_prepare, per_update)
     s_path = get_path(student.path_name)
 
-    def step_fn(model, step, gen):
-        tg = m.targets(model, gen)
+    def step_fn(model, step, draws):  # model: accelerate's wrapper, for the optimised forward
+        tg = m.targets(unwrap(model), draws)
         kw = {}
         if tg.s is not None:
             kw["s"] = tg.s
@@ -160,7 +176,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
             kw["w"] = tg.w
         out = model(tg.x_t, tg.t, tg.cond, **kw)
         if tg.space != "raw":  # the target's parametrization (velocity, x0)
-            out = convert(s_path, out, tg.x_t, tg.t, model.prediction, tg.space)
+            out = convert(s_path, out, tg.x_t, tg.t, student.prediction, tg.space)
         return regression_loss(out, tg)
 
     def on_step(step, model):
@@ -177,8 +193,12 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         desc=method,
         on_step=on_step,
     )
+    cost.updates = cfg.train.steps  # all done, also when a resumed run had none left to do
     if ema is not None:
         ema.copy_to(student)
+    out = Path(cfg.out or run_dir / "student")
+    if not is_main():  # one process writes the student and its figures
+        return out
     seconds = _total_seconds(run_dir) or time.perf_counter() - t0
     card = StudentCard(
         method=method,
@@ -196,7 +216,6 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     )
     card.train_config["train_seconds"] = round(seconds, 1)
     (run_dir / "train_cost.json").write_text(json.dumps(card.train_cost, indent=2))
-    out = Path(cfg.out or run_dir / "student")
     save_student(student, out, card, stages=m.stages())
     if cfg.eval_count > 0:
         from distill.student_eval import record_metrics
@@ -209,6 +228,24 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         f"{c['student_passes']:,} student passes)"
     )
     return out
+
+
+def _check_run_teacher(run_dir: Path, teacher) -> None:
+    """A run folder resumes only a run of the same teacher weights: another teacher's
+    checkpoints (the same teacher path after a new teacher was shipped, say) are an error."""
+    weights = teacher.weights_key()
+    mark, card = run_dir / "teacher_weights.txt", run_dir / "student" / "student.json"
+    before = mark.read_text().strip() if mark.exists() else None
+    if before is None and card.exists() and (run_dir / "checkpoints").exists():
+        before = json.loads(card.read_text()).get("teacher_weights")
+    if before and before != weights:
+        raise ValueError(
+            f"{run_dir} holds a run distilled from other teacher weights ({before}, not "
+            f"{weights}): give this run another run_dir, or delete that folder to start over"
+        )
+    if is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mark.write_text(weights + "\n")
 
 
 def _total_seconds(run_dir: Path) -> float | None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from distill.config import DATA_ROOT
 from eval.encoder import FeatureEncoder
 from eval.metrics import load_lpips, psnr
 from eval.plot import pareto_plot
@@ -51,7 +52,7 @@ class SweepConfig:
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
     calibration: str = "docs/metrics/calibration.json"  # which metrics may decide verdicts
-    data_root: str = "data/world"
+    data_root: str = DATA_ROOT
     split: str = "test"  # test: the final report; val: choosing recipes and checkpoints
     objects: int = 256  # objects in the evaluation set
     batch: int = 32  # objects per generation batch

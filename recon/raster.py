@@ -17,6 +17,7 @@ gsplat).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -339,8 +340,9 @@ def rasterize(
     """Render Gaussians [..., N] into cameras [..., C, 4, 4] / [..., C, 3, 3].
 
     Returns rgb [..., C, H, W, 3], alpha [..., C, H, W, 1] and expected depth [..., C, H, W, 1].
-    ``background`` is [3] or [..., C, 3]. CUDA tensors go through gsplat, CPU ones through the
-    lab's tile rasterizer; both follow the same conventions.
+    ``background`` is [3] or [..., C, 3]. CUDA tensors go through gsplat, CPU ones (and CUDA
+    ones where gsplat's extension cannot load: see :func:`gsplat_status`) through the lab's
+    tile rasterizer; both follow the same conventions.
     """
     check_cameras(viewmats, Ks)
     batch = g.means.shape[:-2]
@@ -353,7 +355,7 @@ def rasterize(
     if background is not None:
         background = torch.as_tensor(background, dtype=g.means.dtype, device=g.means.device)
         background = background.expand(batch + (C, g.colors.shape[-1]))
-    if g.means.is_cuda:
+    if g.means.is_cuda and gsplat_status()[0]:
         return _rasterize_gsplat(g, viewmats, Ks, width, height, background, near, far, eps2d)
     flat = g.map(
         lambda t: (
@@ -377,6 +379,30 @@ def rasterize(
     )
     shape = batch + (C, height, width)
     return rgb.reshape(shape + (-1,)), alpha.reshape(shape + (1,)), depth.reshape(shape + (1,))
+
+
+_GSPLAT: tuple[bool, str] | None = None
+
+
+def gsplat_status() -> tuple[bool, str]:
+    """Whether gsplat's CUDA rasterizer can run in this process (its compiled extension loads,
+    or builds on first use), and why not. Checked once; when it cannot, a warning says so and
+    CUDA tensors go through the lab's tile rasterizer, which runs on any device."""
+    global _GSPLAT
+    if _GSPLAT is None:
+        try:
+            from gsplat.cuda._backend import _C
+
+            _GSPLAT = (_C is not None, "" if _C is not None else "no CUDA toolkit to build it")
+        except Exception as e:  # noqa: BLE001  (a failed build raises anything)
+            _GSPLAT = (False, f"{type(e).__name__}: {str(e)[:300]}")
+        if not _GSPLAT[0]:
+            warnings.warn(
+                f"gsplat's CUDA rasterizer is unavailable ({_GSPLAT[1]}); CUDA tensors use the "
+                "lab's tile rasterizer",
+                stacklevel=2,
+            )
+    return _GSPLAT
 
 
 def _rasterize_gsplat(g, viewmats, Ks, width, height, background, near, far, eps2d):

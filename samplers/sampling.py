@@ -259,7 +259,7 @@ def per_sample_noise(
     """Standard normal noise [len(generators), *shape], one draw per sample's generator."""
     if not generators:
         raise ValueError("this sampler draws fresh noise: pass one generator per sample")
-    z = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    z = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
     return z.to(device=device, dtype=dtype)
 
 
@@ -286,7 +286,10 @@ def generate(
     if len(seeds) != cond.shape[0]:
         raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} condition images")
     p = next(iter(model.parameters()))
-    den = Denoiser(model, get_path(model.path_name), model.prediction, guidance, model_kwargs)
+    kw = {  # the model's inputs follow its device
+        k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in (model_kwargs or {}).items()
+    }
+    den = Denoiser(model, get_path(model.path_name), model.prediction, guidance, kw)
     gens = generators_for(seeds)
     x = per_sample_noise(model.noise_shape(), gens, p.device, p.dtype)
     # a teacher's own grid (a diffusers teacher: its scheduler's timesteps); otherwise from

@@ -159,9 +159,12 @@ class WorldDataset(Dataset):
         return item
 
     def batch(self, idx: Tensor | list[int]) -> dict[str, Tensor]:
-        """A batch by index without a DataLoader (the data is in memory)."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        out = {k: v[idx] for k, v in self.data.items()}
+        """A batch by index without a DataLoader (the data is in memory, on the CPU). The rows
+        come back on the index's device: a training step's draws, made on the training device,
+        bring their data there (a list index gives CPU rows)."""
+        dev = idx.device if isinstance(idx, Tensor) else torch.device("cpu")
+        idx = torch.as_tensor(idx, dtype=torch.long, device="cpu")
+        out = {k: v[idx].to(dev) for k, v in self.data.items()}
         for k in IMAGE_KEYS:
             out[k] = _from_u8(out[k])
         return out

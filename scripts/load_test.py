@@ -32,6 +32,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from distill.config import DATA_ROOT  # noqa: E402
 
 
 def free_port() -> int:
@@ -286,7 +287,7 @@ def main() -> int:
     ap.add_argument("--max-wait-ms", type=float, default=15.0)
     ap.add_argument("--images", type=int, default=8, help="distinct condition images")
     ap.add_argument("--tolerance", type=int, default=3, help="max uint8 difference to reference")
-    ap.add_argument("--data-root", default="data/world")
+    ap.add_argument("--data-root", default=DATA_ROOT)
     ap.add_argument("--out", default="runs/load_test/load_test.json")
     ap.add_argument("--sweep", default="docs/sweep/results.json", help="for the budget phase")
     ap.add_argument("--budget-ms", type=float, default=150.0, help="latency budget per request")

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from samplers.paths import check_prediction, convert, get_path, to_x0_eps
-from teachers.base import MultiViewTeacher, file_hash, weights_hash
+from teachers.base import MultiViewTeacher, file_hash
 
 # Below this time a network output is converted to another parametrization as if at NET_T_MIN:
 # an x0 network's velocity is (x_t - x0) / t on the linear path, unbounded as t -> 0.
@@ -98,7 +98,7 @@ class Student(nn.Module):
         self.cfg = cfg
         self.net = copy.deepcopy(teacher).requires_grad_(True)
         self.teacher_info = teacher.info
-        self.teacher_weights = getattr(teacher, "weights_id", "") or weights_hash(teacher)
+        self.teacher_weights = teacher.weights_key()
         self.net_prediction = teacher.prediction  # what the network itself outputs
         self._path = path or teacher.path_name
         self._prediction = check_prediction(prediction or teacher.prediction)
@@ -452,7 +452,7 @@ def load_student(
         if not tdir.exists() and not tdir.is_absolute():
             tdir = (folder / tdir) if (folder / tdir).exists() else tdir
         teacher = load_teacher(tdir)
-    tw = getattr(teacher, "weights_id", "") or weights_hash(teacher)
+    tw = teacher.weights_key()
     if tw != card.teacher_weights:
         raise ValueError(
             f"student {folder} was made from teacher weights {card.teacher_weights} "

@@ -107,8 +107,8 @@ def test_start_from_copies_weights_and_rejects_another_architecture():
         start_from(_Net(4), start, "init net x", "net")
 
 
-def _lin_step(model, step, gen):
-    x = torch.randn(8, 3, generator=gen)
+def _lin_step(model, step, draws):
+    x = torch.randn(8, 3, generator=draws.gen)
     return {"loss": ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()}
 
 

@@ -1,7 +1,8 @@
 """The shipped models load on a fresh clone and reproduce the figures recorded next to them.
 
-Each test regenerates the first test objects of the default world (deterministic from their
-seeds), measures the shipped model the way its recorded figures were measured, and compares.
+Each test regenerates the objects a recorded figure was measured on (deterministic from their
+seeds: the teacher's and students' world version 2, the reconstructor's version 1), measures
+the shipped model the way the figure was measured, and compares.
 """
 
 import json
@@ -22,19 +23,36 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def default_test_data(tmp_path_factory):
+def teacher_world_data(tmp_path_factory):
+    """The first test (64) and val (16) objects of the shipped teacher's world (version 2)."""
+    from scenes.data import make_split
+    from scenes.world import model_world
+    from teachers.io import load_teacher
+
+    teacher = load_teacher(SHIPPED / "teacher")
+    world = model_world(teacher.meta, teacher.info.image_size)
+    assert world.version == 2
+    root = tmp_path_factory.mktemp("world2")
+    make_split(root, "test", 64, world)
+    make_split(root, "val", 16, world)
+    return root
+
+
+@pytest.fixture(scope="module")
+def recon_world_data(tmp_path_factory):
+    """The first 64 test objects of the world the reconstructor was trained and measured on."""
     from recon.model import Reconstructor
     from scenes.data import make_split
     from scenes.world import model_world
 
     recon = Reconstructor.load(SHIPPED / "recon")
-    world = model_world(recon.info, recon.cfg.image_size)  # the shipped models' world (v1)
+    world = model_world(recon.info, recon.cfg.image_size)  # version 1
     root = tmp_path_factory.mktemp("world")
     make_split(root, "test", 64, world)
     return root
 
 
-def test_shipped_teacher_reproduces_its_quality_table(default_test_data):
+def test_shipped_teacher_reproduces_its_quality_table(teacher_world_data):
     from eval.views import eval_objects, step_quality
     from teachers.io import load_teacher
 
@@ -42,13 +60,13 @@ def test_shipped_teacher_reproduces_its_quality_table(default_test_data):
     assert rec["split"] == "test"
     row = next(r for r in rec["rows"] if r["steps"] == 2)
     model = load_teacher(SHIPPED / "teacher")
-    truth, seeds = eval_objects(default_test_data, "test", row["objects"], model.info.image_size)
+    truth, seeds = eval_objects(teacher_world_data, "test", row["objects"], model.info.image_size)
     rows, _ = step_quality(model, truth, seeds, [2], row["sampler"], row["guidance"])
     for k in ("seen_psnr_view0", "seen_psnr", "view0_psnr", "unseen_psnr"):
         assert rows[0][k] == pytest.approx(row[k], abs=TOL_DB), k
 
 
-def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
+def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
     from distill.recon_cmd import recon_test_set
     from eval.recon_eval import evaluate
     from recon.model import Reconstructor
@@ -56,7 +74,7 @@ def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
 
     rec = json.loads((ROOT / "docs" / "recon" / "recon_eval.json").read_text())
     model = Reconstructor.load(SHIPPED / "recon")
-    ds, b = recon_test_set(model, default_test_data, rec["objects"])
+    ds, b = recon_test_set(model, recon_world_data, rec["objects"])
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
     Ks = K.expand(len(vm), 3, 3)
@@ -75,9 +93,9 @@ def test_shipped_reconstructor_reproduces_its_eval(default_test_data):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_shipped_student_reproduces_its_card(method, default_test_data):
+def test_shipped_student_reproduces_its_card(method, teacher_world_data):
     from eval.compare import compare_rows
-    from eval.views import test_objects
+    from eval.views import eval_objects
     from students.student import load_student
 
     folder = SHIPPED / "students" / method
@@ -87,8 +105,10 @@ def test_shipped_student_reproduces_its_card(method, default_test_data):
     metrics = st.card.metrics
     steps = st.card.steps[0]
     rec = metrics["by_steps"][str(steps)]
-    assert metrics["split"] == "test"  # the shipped cards were measured on test objects 0..15
-    cond, gt, seeds = test_objects(default_test_data, metrics["eval_objects"], st.info.image_size)
+    assert metrics["split"] == "val"  # quick figures for choosing, on val objects 0..15
+    n = metrics["eval_objects"]
+    truth, seeds = eval_objects(teacher_world_data, "val", n, st.info.image_size)
+    cond, gt = truth.cond, truth.targets
     row = compare_rows({method: st}, cond, gt, seeds, [steps], reference=gt)[0]
     assert row["nfe"] == rec["nfe"]
     assert row["psnr_v0"] == pytest.approx(rec["psnr_v0"], abs=TOL_DB)

@@ -9,29 +9,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DModel
 
-# per method: settings small enough for two updates on tiny data
-METHOD_SMOKE = {
-    "progressive": ["method.start_steps=4"],
-    "reflow": [
-        "method.couplings=4",
-        "method.coupling_steps=2",
-        "method.coupling_batch=2",
-        "method.distill_steps=1",
-    ],
-    "shortcut": ["method.max_steps=8"],
-    "consistency": ["method.grid=4"],
-    "finetune": [],
-    "meanflow": ["method.r_fraction=0.5"],
-    "dmd2": [
-        "method.fake_updates=1",
-        "method.fake_lora_rank=4",
-        "method.generator_steps=2",
-        "method.regression_fraction=0.5",
-        "method.couplings=2",
-        "method.coupling_steps=2",
-        "method.gan_weight=0.01",
-    ],
-}
+from distill.methods import SMOKE_SETTINGS
+
+METHOD_SMOKE = SMOKE_SETTINGS  # per method: settings small enough for two updates
 
 
 def smoke_train_args(

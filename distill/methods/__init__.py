@@ -21,6 +21,30 @@ METHODS: dict[str, type[Method]] = {
     "finetune": Finetune,
 }
 
+# per method: settings that make a run of a few updates cheap (the smoke tests, the GPU check)
+SMOKE_SETTINGS: dict[str, list[str]] = {
+    "progressive": ["method.start_steps=4"],
+    "reflow": [
+        "method.couplings=4",
+        "method.coupling_steps=2",
+        "method.coupling_batch=2",
+        "method.distill_steps=1",
+    ],
+    "shortcut": ["method.max_steps=8"],
+    "consistency": ["method.grid=4"],
+    "finetune": [],
+    "meanflow": ["method.r_fraction=0.5"],
+    "dmd2": [
+        "method.fake_updates=1",
+        "method.fake_lora_rank=4",
+        "method.generator_steps=2",
+        "method.regression_fraction=0.5",
+        "method.couplings=2",
+        "method.coupling_steps=2",
+        "method.gan_weight=0.01",
+    ],
+}
+
 
 def get_method(name: str) -> type[Method]:
     if name not in METHODS:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from distill.loop import Draws, as_draws
 from samplers.paths import Path, from_x0_eps, interpolate
 
 
@@ -31,12 +32,17 @@ class Targets:
 def sample_t(n: int, gen: torch.Generator, kind: str, lo: float = 0.0, hi: float = 1.0) -> Tensor:
     """Training times: ``uniform`` or ``logit_normal`` (SD3; mean 0, std 1), mapped to [lo, hi]."""
     if kind == "uniform":
-        u = torch.rand(n, generator=gen)
+        u = torch.rand(n, generator=gen, device=gen.device)
     elif kind == "logit_normal":
-        u = torch.sigmoid(torch.randn(n, generator=gen))
+        u = torch.sigmoid(torch.randn(n, generator=gen, device=gen.device))
     else:
         raise ValueError(f"unknown t sampling {kind!r}; valid: uniform, logit_normal")
     return lo + (hi - lo) * u
+
+
+def row_times(d: Draws, kind: str, lo: float = 0.0, hi: float = 1.0) -> Tensor:
+    """One training time per row of the step's batch (see :func:`sample_t`)."""
+    return d.local(sample_t(d.total, d.gen, kind, lo, hi))
 
 
 def shift_t(t: Tensor, shift: float) -> Tensor:
@@ -46,11 +52,11 @@ def shift_t(t: Tensor, shift: float) -> Tensor:
     return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
 
 
-def drop_condition(cond: Tensor, p: float, gen: torch.Generator) -> Tensor:
+def drop_condition(cond: Tensor, p: float, gen: torch.Generator | Draws) -> Tensor:
     """Replace the condition by the null condition (zeros) with probability p per sample."""
     if p <= 0:
         return cond
-    keep = (torch.rand(cond.shape[0], generator=gen) >= p).to(cond.dtype)
+    keep = (as_draws(gen, cond.shape[0]).rand() >= p).to(cond.dtype)
     return cond * keep[:, None, None, None]
 
 
@@ -59,20 +65,20 @@ def diffusion_targets(
     cond: Tensor,
     path: Path,
     prediction: str,
-    gen: torch.Generator,
+    gen: torch.Generator | Draws,
     t_sampling: str = "logit_normal",
     cond_dropout: float = 0.1,
     t_shift: float = 1.0,
 ) -> Targets:
     """The teacher's own objective: regress the ``prediction`` of (x0, eps) at a random t.
     ``t_shift`` > 1 moves the times towards noise (SD3's shift: t' = s t / (1 + (s - 1) t))."""
-    b = x0.shape[0]
-    t = shift_t(sample_t(b, gen, t_sampling), t_shift)
-    eps = torch.randn(x0.shape, generator=gen)
+    d = as_draws(gen, x0.shape[0])
+    t = shift_t(row_times(d, t_sampling), t_shift)
+    eps = d.randn(*x0.shape[1:])
     return Targets(
         x_t=interpolate(path, x0, eps, t),
         t=t,
-        cond=drop_condition(cond, cond_dropout, gen),
+        cond=drop_condition(cond, cond_dropout, d),
         target=from_x0_eps(path, x0, eps, t, prediction),
     )
 
@@ -122,6 +128,7 @@ class Context:
     train_count: int = 0  # objects training draws from (the first ones); 0 = all in ``data``
     ema_decay: float = 0.999  # the run's EMA (train.ema_decay): also every target network's
     ema_warmup: bool = True  # the run's EMA warm-up (train.ema_warmup)
+    device: torch.device = torch.device("cpu")  # where the teacher and the student run
 
     def objects(self) -> int:
         """How many train objects a method may draw from."""
@@ -169,15 +176,20 @@ class Method:
     def prepare(self, student) -> None:
         """Work before training (e.g. caching couplings); must be resumable."""
 
-    def batch(self, gen: torch.Generator) -> dict[str, Tensor]:
-        """A training batch of the world's train split, drawn with ``gen``: the condition image
-        in pixels, the target views in the teacher's model space (a latent teacher's VAE
-        encodes them; identity in pixel space)."""
-        n = self.ctx.objects()
-        b = self.ctx.data.batch(torch.randint(n, (self.ctx.batch_size,), generator=gen))
+    def draws(self, gen: torch.Generator | Draws) -> Draws:
+        """The step's draws (a bare generator: one process with ``ctx.batch_size`` rows)."""
+        return as_draws(gen, self.ctx.batch_size)
+
+    def batch(self, gen: torch.Generator | Draws) -> dict[str, Tensor]:
+        """A training batch of the world's train split, this process's rows of the step's
+        draw: the condition image in pixels, the target views in the teacher's model space (a
+        latent teacher's VAE encodes them; identity in pixel space)."""
+        b = self.ctx.data.batch(self.draws(gen).randint(0, self.ctx.objects()))
         return dict(b, targets=self.ctx.teacher.encode(b["targets"]))
 
-    def targets(self, student, gen: torch.Generator) -> Targets:
+    def targets(self, student, gen: torch.Generator | Draws) -> Targets:
+        """The step's targets for this process's rows (``gen``: the loop's Draws, or a bare
+        generator for one process)."""
         raise NotImplementedError
 
     def on_step(self, step: int, student) -> bool:

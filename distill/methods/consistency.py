@@ -53,13 +53,14 @@ class Consistency(Method):
         self.target = EMA(student, self.cfg.ema_target, warmup=False, module=True)
 
     def targets(self, student, gen) -> Targets:
-        b = self.batch(gen)
+        d = self.draws(gen)
+        b = self.batch(d)
         x0, cond = b["targets"], b["cond"]
-        bs, N = x0.shape[0], self.cfg.grid
-        n = torch.randint(1, N + 1, (bs,), generator=gen).float()
+        N = self.cfg.grid
+        n = d.randint(1, N + 1).float()
         t, t_prev = n / N, (n - 1) / N
-        w = self.cfg.w_min + (self.cfg.w_max - self.cfg.w_min) * torch.rand(bs, generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
+        w = self.cfg.w_min + (self.cfg.w_max - self.cfg.w_min) * d.rand()
+        eps = d.randn(*x0.shape[1:])
         x_t = interpolate(self.ctx.path, x0, eps, t)
         with torch.no_grad():
             tx0, teps = self.teacher_x0_eps(x_t, t, cond, scale=w)

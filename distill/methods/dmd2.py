@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from distill.loop import Draws, as_draws, average_gradients
 from distill.methods.base import Method, Targets, output_as
 from samplers.paths import from_x0_eps, get_path, interpolate
 from samplers.sampling import time_grid
@@ -90,6 +91,7 @@ class DMD2(Method):
             self.head = torch.nn.Linear(unet.config.block_out_channels[-1], 1)
             params += list(self.head.parameters())
         self.fake_opt = torch.optim.AdamW(params, lr=self.cfg.fake_lr)
+        self._fake_params = params
         if self.cfg.regression_fraction > 0:
             from distill.methods.reflow import make_couplings
 
@@ -106,16 +108,17 @@ class DMD2(Method):
             )
 
     @torch.no_grad()
-    def generate_inputs(self, student, cond: Tensor, gen: torch.Generator):
-        """(x_t, t) where the generator is trained: noise at t = 1, or after k of its own steps."""
-        b = cond.shape[0]
-        x = torch.randn((b, *student.noise_shape()), generator=gen)
+    def generate_inputs(self, student, cond: Tensor, gen: torch.Generator | Draws):
+        """(x_t, t) where the generator is trained: noise at t = 1, or after k of its own steps
+        (k shared by the batch)."""
+        b, d = cond.shape[0], as_draws(gen, cond.shape[0])
+        x = d.randn(*student.noise_shape())
         grid = time_grid(self.cfg.generator_steps)
-        k = int(torch.randint(self.cfg.generator_steps, (1,), generator=gen))
+        k = int(torch.randint(self.cfg.generator_steps, (1,), generator=d.gen, device=d.gen.device))
         path = get_path(student.path_name)
         for i in range(k):  # backward simulation: the generator's own chain
             x0 = output_as(student, x, grid[i].expand(b), cond, "x0")
-            x = interpolate(path, x0, torch.randn(x.shape, generator=gen), grid[i + 1])
+            x = interpolate(path, x0, d.randn(*x.shape[1:]), grid[i + 1])
         return x, grid[k].expand(b).clone()
 
     def logits(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
@@ -128,11 +131,11 @@ class DMD2(Method):
         """The classifier on the fake network's last (pooled) mid-block output."""
         return self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
 
-    def _noised(self, x0: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    def _noised(self, x0: Tensor, gen: torch.Generator | Draws) -> tuple[Tensor, Tensor, Tensor]:
         """x0 noised at t ~ U[t_min, t_max]: (x_t, t, eps)."""
-        n = x0.shape[0]
-        t = self.cfg.t_min + (self.cfg.t_max - self.cfg.t_min) * torch.rand(n, generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
+        d = as_draws(gen, x0.shape[0])
+        t = self.cfg.t_min + (self.cfg.t_max - self.cfg.t_min) * d.rand()
+        eps = d.randn(*x0.shape[1:])
         return interpolate(self.ctx.path, x0, eps, t), t, eps
 
     def _fake_update(self, student, gen: torch.Generator) -> float:
@@ -154,11 +157,13 @@ class DMD2(Method):
             loss = loss + self.cfg.disc_weight * disc
         self.fake_opt.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self._fake_params)  # every process steps the same fake network
         self.fake_opt.step()
         self.fake.eval()
         return float(loss.detach())
 
     def targets(self, student, gen) -> Targets:
+        gen = self.draws(gen)
         # 1. the fake score catches up with the generator
         for _ in range(self.cfg.fake_updates):
             self._fake_update(student, gen)
@@ -178,9 +183,13 @@ class DMD2(Method):
         if self.head is not None:  # 5. the GAN term, as a shift of the same target
             target = target - self.cfg.gan_weight * self.gan_shift(x_hat, cond, gen)
         groups = None
-        nr = int(round(n * self.cfg.regression_fraction)) if self.pairs is not None else 0
+        frac = self.cfg.regression_fraction if self.pairs is not None else 0
+        nr_all = int(round(gen.total * frac))  # the global batch's first rows regress pairs
+        if nr_all:
+            pairs = len(self.pairs["x1"])
+            i = gen.local(torch.randint(pairs, (nr_all,), generator=gen.gen, device=x_t.device))
+        nr = len(i) if nr_all else 0  # this process's regression rows
         if nr:
-            i = torch.randint(len(self.pairs["x1"]), (nr,), generator=gen)
             x_t, t, target = x_t.clone(), t.clone(), target.clone()
             x_t[:nr], t[:nr], target[:nr] = self.pairs["eps"][i], 1.0, self.pairs["x1"][i]
             cond = cond.clone()
@@ -188,7 +197,7 @@ class DMD2(Method):
             groups = {"regression": torch.arange(n) < nr, "dm": torch.arange(n) >= nr}
         return Targets(x_t=x_t, t=t, cond=cond, target=target, groups=groups, space="x0")
 
-    def gan_shift(self, x_hat: Tensor, cond: Tensor, gen: torch.Generator) -> Tensor:
+    def gan_shift(self, x_hat: Tensor, cond: Tensor, gen: torch.Generator | Draws) -> Tensor:
         """The target shift whose regression gradient (mean squared error over the batch and
         elements) equals the gradient of the non-saturating loss mean softplus(-logit)."""
         x = x_hat.detach().requires_grad_(True)

@@ -20,13 +20,14 @@ class Finetune(Method):
     Config = FinetuneConfig
 
     def targets(self, student, gen) -> Targets:
-        b = self.batch(gen)
+        d = self.draws(gen)
+        b = self.batch(d)
         return diffusion_targets(
             b["targets"],
             b["cond"],
             self.ctx.path,
             self.ctx.prediction,
-            gen,
+            d,
             self.cfg.t_sampling,
             self.cfg.cond_dropout,
         )

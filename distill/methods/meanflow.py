@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from distill.methods.base import Method, Targets, output_as, sample_t
+from distill.loop import Draws
+from distill.methods.base import Method, Targets, output_as, row_times
 from samplers.paths import from_x0_eps, get_path, interpolate
 
 
@@ -52,12 +53,12 @@ class MeanFlow(Method):
         student_cfg.second_time = True
         return student_cfg, "linear", "velocity"
 
-    def times(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, r) with r <= t: two draws sorted, and r = t outside the ``r_fraction``."""
-        a = sample_t(n, gen, self.cfg.t_sampling)
-        b = sample_t(n, gen, self.cfg.t_sampling)
+    def times(self, d: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, r) per row with r <= t: two draws sorted, and r = t outside the ``r_fraction``."""
+        a = row_times(d, self.cfg.t_sampling)
+        b = row_times(d, self.cfg.t_sampling)
         t, r = torch.maximum(a, b).clamp(min=1e-3), torch.minimum(a, b)
-        keep = torch.rand(n, generator=gen) < self.cfg.r_fraction
+        keep = d.rand() < self.cfg.r_fraction
         return t, torch.where(keep, r, t)
 
     def average_velocity(self, model, z, t, r, cond):
@@ -65,12 +66,13 @@ class MeanFlow(Method):
         return output_as(model, z, t, cond, "velocity", s=r)
 
     def targets(self, student, gen) -> Targets:
-        b = self.batch(gen)
+        d = self.draws(gen)
+        b = self.batch(d)
         x0, cond = b["targets"], b["cond"]
         lin = get_path("linear")
         # 1. times and the point on the path
-        t, r = self.times(x0.shape[0], gen)
-        eps = torch.randn(x0.shape, generator=gen)
+        t, r = self.times(d)
+        eps = d.randn(*x0.shape[1:])
         z = interpolate(lin, x0, eps, t)
         with torch.no_grad():
             # 2. the instantaneous velocity

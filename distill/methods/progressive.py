@@ -77,13 +77,13 @@ class Progressive(Method):
         self.student = student
 
     def targets(self, student, gen) -> Targets:
-        b = self.batch(gen)
+        d = self.draws(gen)
+        b = self.batch(d)
         x0, cond = b["targets"], b["cond"]
         n = self.current_steps()
-        bs = x0.shape[0]
-        i = torch.randint(1, n + 1, (bs,), generator=gen).float()
+        i = d.randint(1, n + 1).float()
         t, t_mid, t_end = i / n, (i - 0.5) / n, (i - 1) / n
-        eps = torch.randn(x0.shape, generator=gen)
+        eps = d.randn(*x0.shape[1:])
         path = self.ctx.path
         x_t = interpolate(path, x0, eps, t)
         with torch.no_grad():

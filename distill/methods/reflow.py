@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from distill.methods.base import Method, Targets, sample_t
+from distill.methods.base import Method, Targets, row_times
 from samplers.paths import get_path
 from samplers.sampling import generate
 
@@ -50,7 +50,8 @@ def make_couplings(
     progress: bool = True,
     objects: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Create (or finish) the coupling shards and return them all, in order."""
+    """Create (or finish) the coupling shards and return them all, in order, on the teacher's
+    device."""
     folder.mkdir(parents=True, exist_ok=True)
     n_obj = len(data) if objects is None else objects
     parts = []
@@ -69,10 +70,10 @@ def make_couplings(
             tmp = path.with_name(path.name + ".tmp")
             save_file(
                 {
-                    "x1": x1.float().contiguous(),
+                    "x1": x1.float().cpu().contiguous(),
                     "eps": eps.contiguous(),
-                    "index": torch.tensor(idx),
-                    "seed": torch.tensor(seeds),
+                    "index": torch.tensor(idx, device="cpu"),
+                    "seed": torch.tensor(seeds, device="cpu"),
                 },
                 str(tmp),
             )
@@ -80,7 +81,8 @@ def make_couplings(
         parts.append(load_file(str(path)))
         bar.update(n)
     bar.close()
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    device = next(iter(teacher.parameters())).device
+    return {k: torch.cat([p[k] for p in parts]).to(device) for k in parts[0]}
 
 
 class Reflow(Method):
@@ -111,12 +113,12 @@ class Reflow(Method):
         )
 
     def targets(self, student, gen) -> Targets:
-        c = self.cfg
-        i = torch.randint(c.couplings, (self.ctx.batch_size,), generator=gen)
+        c, d = self.cfg, self.draws(gen)
+        i = d.randint(0, c.couplings)
         x1, eps = self.pairs["x1"][i], self.pairs["eps"][i]
         cond = self.ctx.data.batch(self.pairs["index"][i])["cond"]
         distilling = self.step >= self.ctx.total_steps - c.distill_steps
-        t = torch.ones(len(i)) if distilling else sample_t(len(i), gen, c.t_sampling)
+        t = torch.ones(len(i)) if distilling else row_times(d, c.t_sampling)
         lin = get_path("linear")
         b = (-1, 1, 1, 1, 1)
         x_t = lin.alpha(t).reshape(b) * x1 + lin.sigma(t).reshape(b) * eps

@@ -59,20 +59,25 @@ class Shortcut(Method):
         return output_as(model, x, t, cond, "velocity", s=d)
 
     def targets(self, student, gen) -> Targets:
-        b = self.batch(gen)
+        dr = self.draws(gen)
+        b = self.batch(dr)
         x0, cond = b["targets"], b["cond"]
         bs = x0.shape[0]
-        nb = int(round(bs * self.cfg.bootstrap_fraction))
-        nf = bs - nb
-        path, M = self.ctx.path, self.cfg.max_steps
-        eps = torch.randn(x0.shape, generator=gen)
+        # the first bootstrap_fraction of the global batch bootstraps, the rest follows the flow
+        nb_all = int(round(dr.total * self.cfg.bootstrap_fraction))
+        path, M, g = self.ctx.path, self.cfg.max_steps, dr.gen
+        eps = dr.randn(*x0.shape[1:])
         # 1. bootstrap part: d = 2^j / M, t on the d-grid, two half steps of the EMA student
-        j = torch.randint(1, int(math.log2(M)) + 1, (nb,), generator=gen)
+        j = torch.randint(1, int(math.log2(M)) + 1, (nb_all,), generator=g, device=g.device)
         d = (2.0**j) / M
-        k = torch.floor(torch.rand(nb, generator=gen) * (1.0 / d)) + 1  # t = k d in (0, 1]
-        t_b = (k * d).clamp(max=1.0)
+        u = torch.rand(nb_all, generator=g, device=g.device)
+        k = torch.floor(u * (1.0 / d)) + 1  # t = k d in (0, 1]
+        d, t_b = dr.local(d), dr.local((k * d).clamp(max=1.0))
+        nb = len(t_b)  # this process's bootstrap rows
+        nf = bs - nb
         # 2. flow part: the smallest step d = 1/M, any t >= d
-        t_f = sample_t(nf, gen, self.cfg.t_sampling, lo=1.0 / M, hi=1.0)
+        t_f = sample_t(dr.total - nb_all, g, self.cfg.t_sampling, lo=1.0 / M, hi=1.0)
+        t_f = dr.local(t_f, first=nb_all)
         t = torch.cat([t_b, t_f])
         s = torch.cat([d, torch.full((nf,), 1.0 / M)])
         x_t = interpolate(path, x0, eps, t)
