@@ -180,6 +180,22 @@ def is_main() -> bool:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
 
 
+def across_processes(x: Tensor) -> Tensor:
+    """``x`` summed over the training processes, outside autograd (``x`` itself, detached, for
+    one process): a batch-wide normaliser, e.g. the count in a masked mean, so N processes
+    compute the loss one process would on their rows together."""
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    x = x.detach().clone()
+    if state.num_processes > 1:
+        torch.distributed.all_reduce(x)
+    return x
+
+
+def process_count() -> int:
+    """How many processes train together."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes
+
+
 def process_sum(x: int) -> int:
     """``x`` summed over the training processes (``x`` itself when one process trains); every
     process must call it at the same point."""
@@ -317,7 +333,9 @@ def train(
     origin = [0]  # scheduler step of the last restart
     lr_factor = _lr_lambda(cfg, origin)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # the schedule counts optimizer updates: not accelerate's scheduler wrapper, which steps it
+    # once per process per update
+    model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
     ema = EMA(raw, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
     extra_state = extra_state or {}
@@ -395,7 +413,8 @@ def train(
                 if acc.sync_gradients and cfg.grad_clip > 0:
                     acc.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
-                sched.step()
+                if acc.sync_gradients and not opt.step_was_skipped:
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
             if acc.num_processes > 1:  # the logged loss is the global batch's
                 terms["loss"] = acc.reduce(terms["loss"].detach(), "mean")

@@ -9,7 +9,16 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, is_main, main_first, start_from, train, train_device
+from distill.loop import (
+    TrainConfig,
+    across_processes,
+    is_main,
+    main_first,
+    process_count,
+    start_from,
+    train,
+    train_device,
+)
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
@@ -88,7 +97,10 @@ def train_recon(args: list[str]) -> Path:
         z = _camera_depth(g.means.reshape(bs, len(vm_in), -1, 3), vm_in)
         covered = (in_alpha[..., 0] > 0.9).flatten(2)
         dz = (z - in_depth[..., 0].flatten(2)).abs()
-        terms["depth"] = (dz * covered).sum() / covered.sum().clamp_min(1)
+        # masked mean over the global batch: the count is summed over processes, and DDP's
+        # gradient average over N processes is undone by N (one process: the plain masked mean)
+        count = across_processes(covered.sum().float()).clamp_min(1)
+        terms["depth"] = (dz * covered).sum() * process_count() / count
         terms["loss"] = L.rgb * terms["rgb"] + L.mask * terms["mask"] + L.depth * terms["depth"]
         return terms
 

@@ -4,9 +4,8 @@
 # (shipped/students/<method>). Extra arguments go to every run, e.g.
 #   ./scripts/make_students.sh out=            # keep shipped/ as it is: runs/students/<m>/student
 # RUN_ROOT=<folder> puts each method's run in <folder>/<method> (another teacher's students must
-# not resume from the runs of this one's), e.g. the world-2 teacher's:
-#   RUN_ROOT=runs/next/students ./scripts/make_students.sh teacher=shipped/next/teacher out= \
-#       data.root=data/world2
+# not resume from the runs of this one's; a run folder refuses another teacher's run), e.g.
+#   RUN_ROOT=runs/next/students ./scripts/make_students.sh teacher=<new teacher> out=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for recipe in configs/methods/*.yaml; do

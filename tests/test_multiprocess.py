@@ -65,19 +65,21 @@ def test_two_process_shortcut_writes_once_and_resumes(tiny_teacher_dir, tiny_dat
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # one writer
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(folder.rglob("*.safetensors")):
-        out |= {f"{f.relative_to(folder)}:{k}": v for k, v in load_file(f).items()}
-    assert out, f"no weights under {folder}"
-    return out
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    """The float32 trained weights of a run's last checkpoint."""
+    (last,) = (run / "checkpoints").glob("step_0000002")
+    return load_file(last / "model.safetensors")
 
 
-def _same_weights(a: Path, b: Path) -> None:
+def _moved_share(a: Path, b: Path) -> float:
+    """The share of weight elements two runs leave more than 1e-6 apart. Adam's first updates
+    are about lr * sign(gradient): where a gradient element lies within float noise of zero, the
+    summation order (one process or two) can flip it, so a few elements move; training on other
+    rows moves most of them."""
     wa, wb = _weights(a), _weights(b)
     assert wa.keys() == wb.keys()
-    for k in wa:  # an update moves weights by ~lr = 3e-4: other rows would show
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
+    diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+    return float((diff > 1e-6).float().mean())
 
 
 TINY = {
@@ -92,23 +94,27 @@ def test_two_processes_with_half_batches_match_one(
 ):
     """Two processes with batch 2 each end at the weights one process with batch 4 reaches: the
     step's draws are the global batch's, each process trains on its rows, gradients average."""
-    outs = []
-    for procs, batch in [(1, 4), (2, 2)]:
-        run = tmp_path / f"p{procs}"
+    runs = {}
+    for procs, batch in [(1, 4), (2, 2), (1, 2)]:
+        if procs == 1 and batch == 2 and what != "teacher":
+            continue  # the control below, once
+        run = tmp_path / f"p{procs}b{batch}"
         if what == "shortcut":
             args = smoke_train_args(what, tiny_teacher_dir, run, tiny_data_root, 12, "eval_count=0")
-            out = run / "student"
         else:
-            out = run / "out"
             args = [
-                sys.executable, "-m", "distill.cli", *TINY[what], f"run_dir={run}", f"out={out}",
-                f"data.root={tiny_data_root}", "data.train_count=12", "train.steps=2",
+                sys.executable, "-m", "distill.cli", *TINY[what], f"run_dir={run}",
+                f"out={run / 'out'}", f"data.root={tiny_data_root}", "data.train_count=12",
+                "train.steps=2",
             ]  # fmt: skip
-        args += [f"train.batch_size={batch}", "train.warmup=1"]
+        args += [f"train.batch_size={batch}", "train.warmup=1", "train.ckpt_every=2"]
         if procs == 1:
             r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
         else:
             r = launch(args)
         assert r.returncode == 0, r.stderr[-3000:]
-        outs.append(out)
-    _same_weights(*outs)
+        assert json.loads((run / "train_summary.json").read_text())["processes"] == procs
+        runs[procs, batch] = run
+    assert _moved_share(runs[1, 4], runs[2, 2]) < 0.01
+    if what == "teacher":  # the check has power: the first half of the batch alone moves most
+        assert _moved_share(runs[1, 4], runs[1, 2]) > 0.3
