@@ -115,15 +115,18 @@ class Sweep:
 
     def _load_models(self):
         models, skipped = {}, []
+        self.recon_views = {}  # id(model) -> the indices of the views the reconstructor takes
         for m in self.cfg.models:
             if m == "teacher":
-                check_views_fit(self.teacher, self.recon_world, "the teacher")
+                pick = check_views_fit(self.teacher, self.recon_world, "the teacher")
+                self.recon_views[id(self.teacher)] = pick
                 models["teacher"] = self.teacher
                 continue
             try:
                 st = load_student(m, teacher=self.teacher, merge=self.cfg.merge_lora)
-                check_views_fit(st, self.recon_world, m)
+                pick = check_views_fit(st, self.recon_world, m)
                 st = st.to(self.device)
+                self.recon_views[id(st)] = pick
             except (FileNotFoundError, ValueError) as e:
                 if not self.cfg.skip_unsupported:
                     raise
@@ -147,9 +150,13 @@ class Sweep:
 
     # --- one cell -------------------------------------------------------------------------
     def _generate(self, model, sampler: str, steps: int, cond: Tensor, seeds: list[int]):
-        return sample_views(
+        """The generated views the reconstructor takes (a model that makes more views than its
+        rig is judged on the rig's ones), and the NFE."""
+        views, nfe = sample_views(
             model, cond, steps, seeds, sampler, self.cfg.teacher_guidance, batch=self.cfg.batch
         )
+        pick = self.recon_views.get(id(model))
+        return (views if pick is None else views[:, pick]), nfe
 
     def _reconstruct(self, views: Tensor):
         vm = self.rig.target_viewmats.to(self.device)

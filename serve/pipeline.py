@@ -53,7 +53,7 @@ class Pipeline:
 
         info = getattr(recon, "info", {})
         world = model_world(info, recon.cfg.image_size)
-        check_views_fit(model, world, str(folder))
+        self.recon_views = check_views_fit(model, world, str(folder))  # None: all, in order
         self.rig = make_rig(world)
         self.image_size = recon.cfg.image_size
         self.method = model.method
@@ -122,7 +122,8 @@ class Pipeline:
         )
         t1 = time.perf_counter()
         vm = self.rig.target_viewmats.to(self.device)
-        g = self.recon(views.to(self.device), vm, self.rig.K.expand(len(vm), 3, 3).to(self.device))
+        rv = views if self.recon_views is None else views[:, self.recon_views]  # the rig's views
+        g = self.recon(rv.to(self.device), vm, self.rig.K.expand(len(vm), 3, 3).to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()

@@ -8,7 +8,8 @@ Folder layout (as diffusers pipelines save them):
   multiview.json (optional) {"rows": 3, "cols": 2, "image_size": 32,
                             "azimuths": [30, 90, ...], "elevations": [20, -10, ...]}
                           (the cameras of the views in grid order; a student is trained on
-                          world data rendered from them)
+                          world data rendered from them; optional "recon_views": the indices
+                          of the views the reconstructor takes, in its rig's order)
 
 The views are tiled rows x cols into one image (2x2 as Instant3D, 3x2 as Zero123++). The
 condition image reaches the UNet by channel concatenation (tiled into every cell) when the

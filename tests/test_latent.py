@@ -128,3 +128,41 @@ def test_a_teacher_without_cameras_on_a_rig_of_other_size_is_a_clear_error(
         _student_world(WorldConfig(image_size=16), load_teacher(bare))
     world = _student_world(WorldConfig(image_size=16), load_teacher(latent_teacher_dir))
     assert world.target_azimuths == AZIMUTHS and world.target_elevations == ELEVATIONS
+
+
+def test_a_grid_that_holds_the_rig_feeds_the_reconstructor_its_views(latent_teacher_dir, tmp_path):
+    """Six views of which four are the reconstructor's rig cameras: the sweep and serving pass
+    those four, in the rig's order (found by camera, or named as recon_views in multiview.json);
+    names that point at other cameras, or too few, are a clear error."""
+    import shutil
+
+    from recon.model import ReconConfig, Reconstructor
+    from scenes.world import WorldConfig, check_views_fit
+    from serve.pipeline import Pipeline
+
+    folder = tmp_path / "t"
+    shutil.copytree(latent_teacher_dir, folder)
+    mv = json.loads((folder / "multiview.json").read_text())
+    mv["azimuths"] = [90.0, 30.0, 0.0, 180.0, 210.0, 270.0]  # the rig: 0/90/180/270 at 20
+    mv["elevations"] = [20.0, 20.0, 20.0, 20.0, -10.0, 20.0]
+    (folder / "multiview.json").write_text(json.dumps(mv))
+    rig4 = WorldConfig(image_size=16)
+    assert check_views_fit(load_teacher(folder), rig4) == [2, 0, 3, 5]
+    for named, ok in [([2, 0, 3, 5], True), ([1, 0, 3, 5], False), ([2, 0, 3], False)]:
+        (folder / "multiview.json").write_text(json.dumps(dict(mv, recon_views=named)))
+        if ok:
+            assert check_views_fit(load_teacher(folder), rig4) == named
+        else:
+            with pytest.raises(ValueError):
+                check_views_fit(load_teacher(folder), rig4)
+    (folder / "multiview.json").write_text(json.dumps(mv))
+    torch.manual_seed(0)
+    Reconstructor(
+        ReconConfig(
+            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+        )
+    ).save(tmp_path / "recon")
+    pipe = Pipeline.from_pretrained(folder, tmp_path / "recon", device="cpu")
+    views, g, _ = pipe(torch.zeros(1, 3, 16, 16), steps=1, seed=0)
+    assert views.shape[1] == 6 and pipe.recon_views == [2, 0, 3, 5]
+    assert g.means.shape[1] == 4 * 16 * 16  # one Gaussian per pixel of the four rig views
