@@ -385,7 +385,7 @@ def train(
         ckpts.save(step, tensors, state)
 
     log_path = run_dir / "losses.csv"
-    if start > 0 and log_path.exists():
+    if start > 0 and log_path.exists() and acc.is_main_process:  # its one writer
         _truncate_log(log_path, start)  # drop rows a killed run logged after its checkpoint
     writer, log_file, fields = None, None, None
     t_start = time.perf_counter()
