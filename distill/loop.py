@@ -168,23 +168,28 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
     return g.manual_seed((seed * 1_000_003 + step * 7919 + 17) % (2**63 - 1))
 
 
+def _state() -> PartialState:
+    """accelerate's process state (shared with the loop's Accelerator), CPU when asked."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def main_first():
     """Context in which the main process runs first (making data or couplings, writing the
     run's config) and the other processes after it, finding its files; one process alone runs
     straight through."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).main_process_first()
+    return _state().main_process_first()
 
 
 def is_main() -> bool:
     """Whether this process writes the run's outputs (the only one, or rank 0 of several)."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    return _state().is_main_process
 
 
 def across_processes(x: Tensor) -> Tensor:
     """``x`` summed over the training processes, outside autograd (``x`` itself, detached, for
     one process): a batch-wide normaliser, e.g. the count in a masked mean, so N processes
     compute the loss one process would on their rows together."""
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _state()
     x = x.detach().clone()
     if state.num_processes > 1:
         torch.distributed.all_reduce(x)
@@ -193,24 +198,19 @@ def across_processes(x: Tensor) -> Tensor:
 
 def process_count() -> int:
     """How many processes train together."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes
+    return _state().num_processes
 
 
 def process_sum(x: int) -> int:
     """``x`` summed over the training processes (``x`` itself when one process trains); every
     process must call it at the same point."""
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    if state.num_processes == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.int64, device=state.device)
-    torch.distributed.all_reduce(t)
-    return int(t.item())
+    return int(across_processes(torch.tensor([x], dtype=torch.int64, device=_state().device)))
 
 
 def average_gradients(params) -> None:
     """Average the gradients of ``params`` over the training processes (a network that a method
     optimises itself, beside the loop's model, e.g. DMD2's fake score); no-op for one process."""
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = _state()
     if state.num_processes == 1:
         return
     for p in params:
@@ -223,7 +223,7 @@ def train_device() -> torch.device:
     """The device this process trains on, decided in one place: accelerate's choice (the
     process's GPU under ``accelerate launch``, else CUDA when present, else the CPU; ``--cpu``
     or ACCELERATE_USE_CPU=1 forces the CPU). The loop's Accelerator shares this state."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    return _state().device
 
 
 def _lr_lambda(cfg: TrainConfig, origin: list[int]) -> Callable[[int], float]:
@@ -297,9 +297,9 @@ def train(
     wrapper when several processes train: call it for the forward pass whose loss is
     optimised, and use :func:`unwrap` for attributes and other calls); ``draws`` (a
     :class:`Draws`) makes the step's randomness, this process's rows of the global batch of
-    ``cfg.batch_size`` rows per process. ``extra_state`` maps
-    names to objects with ``state_dict`` / ``load_state_dict`` that must survive a resume (e.g.
-    a method's target network).
+    ``cfg.batch_size`` rows per process. ``extra_state`` maps names to objects with
+    ``state_dict`` / ``load_state_dict`` that must survive a resume (e.g. a method's target
+    network).
     ``on_step(step, model)`` runs after each update (e.g. a method's round switch); when it
     returns True the optimizer state is dropped and the learning-rate schedule (warm-up
     included) starts again from the next update.
@@ -474,13 +474,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _restart(opt, sched, origin: list[int], lr_factor) -> None:
     """A fresh optimizer state and learning-rate schedule from the next update on."""
-    inner = getattr(opt, "optimizer", opt)  # accelerate wraps both
+    inner = getattr(opt, "optimizer", opt)  # accelerate wraps the optimizer
     inner.state.clear()
-    raw_sched = getattr(sched, "scheduler", sched)
-    origin[0] = raw_sched.last_epoch
-    for group, base in zip(inner.param_groups, raw_sched.base_lrs):
-        group["lr"] = base * lr_factor(raw_sched.last_epoch)
-    raw_sched._last_lr = [g["lr"] for g in inner.param_groups]
+    origin[0] = sched.last_epoch
+    for group, base in zip(inner.param_groups, sched.base_lrs):
+        group["lr"] = base * lr_factor(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in inner.param_groups]
 
 
 def start_from(model: nn.Module, start: nn.Module, name: str, key: str) -> None:

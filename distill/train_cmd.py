@@ -16,6 +16,7 @@ from distill.loop import (
     TrainConfig,
     is_main,
     main_first,
+    process_count,
     process_sum,
     train,
     train_device,
@@ -155,7 +156,6 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         train_count=cfg.data.train_count,
         ema_decay=cfg.train.ema_decay,
         ema_warmup=cfg.train.ema_warmup,
-        device=device,
     )
     m = mcls(cfg.method, ctx)
     scfg, spath, spred = m.student_setup(StudentConfig(**asdict(cfg.student)))
@@ -163,7 +163,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     student = Student(teacher.inner, scfg, path=spath, prediction=spred).to(device)
     with device, main_first():  # built with the student (target networks); couplings made once
         m.prepare(student)
-    per_update = cfg.train.batch_size * cfg.train.grad_accum * process_sum(1)  # all processes
+    per_update = cfg.train.batch_size * cfg.train.grad_accum * process_count()  # all processes
     cost = Cost(teacher, time.perf_counter() - t_prepare, per_update)
     s_path = get_path(student.path_name)
 

@@ -128,7 +128,6 @@ class Context:
     train_count: int = 0  # objects training draws from (the first ones); 0 = all in ``data``
     ema_decay: float = 0.999  # the run's EMA (train.ema_decay): also every target network's
     ema_warmup: bool = True  # the run's EMA warm-up (train.ema_warmup)
-    device: torch.device = torch.device("cpu")  # where the teacher and the student run
 
     def objects(self) -> int:
         """How many train objects a method may draw from."""
