@@ -113,3 +113,28 @@ def test_shipped_student_reproduces_its_card(method, teacher_world_data):
     assert row["nfe"] == rec["nfe"]
     assert row["psnr_v0"] == pytest.approx(rec["psnr_v0"], abs=TOL_DB)
     assert row["psnr_unseen"] == pytest.approx(rec["psnr_unseen"], abs=TOL_DB)
+
+
+def test_shipped_models_compute_what_they_computed_when_recorded(tmp_path):
+    """The refactor guard: the shipped teacher, students and reconstructor give the tensors that
+    scripts/shipped_samples.py recorded (bit-identical on the recording machine's torch and CPU;
+    within 1e-5 where another CPU's kernels may round differently)."""
+    import importlib.util
+
+    from safetensors import safe_open
+
+    spec = importlib.util.spec_from_file_location(
+        "shipped_samples", ROOT / "scripts" / "shipped_samples.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with safe_open(str(mod.OUT), framework="pt") as f:
+        recorded = {k: f.get_tensor(k) for k in f.keys()}
+        where = f.metadata()["machine"]
+    now = mod.compute(tmp_path)
+    assert sorted(now) == sorted(recorded)
+    for k, v in recorded.items():
+        if where == mod.machine():
+            assert torch.equal(now[k], v), k
+        else:
+            assert torch.allclose(now[k], v, rtol=0, atol=1e-5), k
