@@ -23,7 +23,9 @@ CASES = [(4096, 4, 32), (16384, 4, 64)]
 
 def _run(kind: str, gaussians: int, size: int, repeats: int, forward_only: bool, q) -> None:
     from recon.raster import rasterize, rasterize_dense
-    from scenes.world import WorldConfig, make_object, make_rig
+    from scenes.objects import make_object
+    from scenes.rig import make_rig
+    from scenes.world import WorldConfig
 
     torch.manual_seed(0)
     cfg = WorldConfig(gaussians=gaussians, image_size=size)

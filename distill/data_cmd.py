@@ -12,7 +12,9 @@ from tqdm import tqdm
 from distill.config import DATA_ROOT, load_config
 from scenes.data import make_split
 from scenes.preview import contact_sheet
-from scenes.world import WorldConfig, make_rig, make_samples, target_views
+from scenes.rig import make_rig
+from scenes.samples import make_samples
+from scenes.world import WorldConfig, target_views
 
 
 @dataclass

@@ -14,7 +14,8 @@ from distill.loop import TrainConfig, is_main, main_first, train, train_device, 
 from eval.distribution import distribution_distances
 from eval.encoder import FeatureEncoder
 from scenes.data import open_split
-from scenes.world import WorldConfig, object_attributes, world_id
+from scenes.objects import object_attributes
+from scenes.world import WorldConfig, world_id
 
 LABEL_SCALE = torch.tensor([1.0, 1, 1, 1, 0.25, 1, 1, 1, 1, 1, 1])  # counts ~1, stripes ~0-8
 

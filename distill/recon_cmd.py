@@ -22,7 +22,9 @@ from distill.loop import (
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
-from scenes.world import WorldConfig, make_rig, model_world, unpack_gaussians, world_id
+from scenes.rig import make_rig
+from scenes.samples import unpack_gaussians
+from scenes.world import WorldConfig, model_world, world_id
 
 
 @dataclass

@@ -17,14 +17,9 @@ from tqdm import tqdm
 
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
-from scenes.world import (
-    BACK_PATTERNS,
-    WorldConfig,
-    back_classes,
-    make_object,
-    make_rig,
-    render_views,
-)
+from scenes.objects import make_object
+from scenes.rig import make_rig, render_views
+from scenes.world import BACK_PATTERNS, WorldConfig, back_classes
 
 
 @dataclass

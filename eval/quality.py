@@ -19,7 +19,8 @@ from eval.seen import _render_depth, masked_psnr, seen_and_object_masks, seen_me
 from eval.sharpness import sharpness_ratio
 from eval.stats import mean_ci, paired_ci, paired_set_ci, set_ci
 from eval.unseen import BACK_VIEW, read_backs, unseen_distance
-from scenes.world import Rig, unpack_gaussians
+from scenes.rig import Rig
+from scenes.samples import unpack_gaussians
 
 # per-object metrics and whether higher is better
 PER_OBJECT = {

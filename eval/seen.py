@@ -12,7 +12,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from eval.metrics import ssim_window, to_unit
 from recon.cameras import camera_rays
 from recon.raster import rasterize
-from scenes.world import unpack_gaussians
+from scenes.samples import unpack_gaussians
 
 DEPTH_TOLERANCE = 0.05  # scene units (objects have radius 0.6)
 ALPHA_MIN = 0.5  # a pixel is on the object when the truth's alpha exceeds this

@@ -15,16 +15,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from scenes.world import (
-    WORLD_VERSIONS,
-    Rig,
-    WorldConfig,
-    make_rig,
-    make_samples,
-    split_seed,
-    world_config,
-    world_id,
-)
+from scenes.rig import Rig, make_rig
+from scenes.samples import make_samples
+from scenes.world import WORLD_VERSIONS, WorldConfig, split_seed, world_config, world_id
 
 SHARD_SIZE = 250  # objects per shard
 IMAGE_KEYS = ("cond", "targets", "heldout")

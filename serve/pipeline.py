@@ -49,7 +49,9 @@ class Pipeline:
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
         self.device, self.sampler, self.guidance = device, sampler, guidance
-        from scenes.world import check_views_fit, make_rig, model_world
+        from scenes.model_views import check_views_fit
+        from scenes.rig import make_rig
+        from scenes.world import model_world
 
         info = getattr(recon, "info", {})
         world = model_world(info, recon.cfg.image_size)

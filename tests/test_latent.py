@@ -99,7 +99,8 @@ def test_views_that_are_not_the_reconstructors_rig_are_a_clear_error(latent_teac
     naming both rigs; the same cameras pass."""
     from dataclasses import replace
 
-    from scenes.world import WorldConfig, check_views_fit
+    from scenes.model_views import check_views_fit
+    from scenes.world import WorldConfig
 
     t = load_teacher(latent_teacher_dir)
     rig4 = WorldConfig(image_size=16)
@@ -137,7 +138,8 @@ def test_a_grid_that_holds_the_rig_feeds_the_reconstructor_its_views(latent_teac
     import shutil
 
     from recon.model import ReconConfig, Reconstructor
-    from scenes.world import WorldConfig, check_views_fit
+    from scenes.model_views import check_views_fit
+    from scenes.world import WorldConfig
     from serve.pipeline import Pipeline
 
     folder = tmp_path / "t"

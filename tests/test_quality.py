@@ -16,17 +16,10 @@ from eval.seen import masked_psnr, masked_ssim, pooled_psnr, visible_mask
 from eval.sharpness import sharpness_ratio
 from eval.stats import excludes_zero, mean_ci, paired_ci, set_ci
 from eval.unseen import BACK_VIEW, read_backs, read_distribution, unseen_distance
-from scenes.world import (
-    WorldConfig,
-    back_class,
-    back_class_probs,
-    back_classes,
-    make_object,
-    make_rig,
-    make_samples,
-    world_config,
-    world_id,
-)
+from scenes.objects import back_class, make_object
+from scenes.rig import make_rig
+from scenes.samples import make_samples
+from scenes.world import WorldConfig, back_class_probs, back_classes, world_config, world_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +135,7 @@ def test_world_v2_back_classes_and_reader():
     assert len(set(s["back_class"].tolist())) >= 4
     # the mean of two backs of different colours is unreadable
     rig = make_rig(w2)
-    from scenes.world import render_views
+    from scenes.rig import render_views
 
     views = []
     for seed, cls in zip(seeds[:6], s["back_class"][:6].tolist()):
@@ -251,7 +244,7 @@ def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
     assert (other["lpips"] > 0).all() and "lpips_ci95" in axis.summary(other)
     # the reconstructor's evaluation reports it too
     from eval.recon_eval import evaluate
-    from scenes.world import unpack_gaussians
+    from scenes.samples import unpack_gaussians
 
     vm, K = rig.target_viewmats, rig.K
     res = evaluate(

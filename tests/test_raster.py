@@ -93,7 +93,9 @@ def test_tiled_matches_brute_force_reference():
 
 
 def test_tiled_matches_dense_on_world_object():
-    from scenes.world import WorldConfig, make_object, make_rig
+    from scenes.objects import make_object
+    from scenes.rig import make_rig
+    from scenes.world import WorldConfig
 
     cfg = WorldConfig(gaussians=1024, image_size=24)
     g = make_object(5, cfg).to(torch.float64)

@@ -13,7 +13,9 @@ from eval.geometry import chamfer
 from eval.recon_eval import unproject_baseline
 from recon.gaussians import load_ply
 from recon.model import ReconConfig, Reconstructor
-from scenes.world import WorldConfig, make_rig, make_samples
+from scenes.rig import make_rig
+from scenes.samples import make_samples
+from scenes.world import WorldConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8)

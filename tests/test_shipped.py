@@ -70,7 +70,7 @@ def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
     from distill.recon_cmd import recon_test_set
     from eval.recon_eval import evaluate
     from recon.model import Reconstructor
-    from scenes.world import unpack_gaussians
+    from scenes.samples import unpack_gaussians
 
     rec = json.loads((ROOT / "docs" / "recon" / "recon_eval.json").read_text())
     model = Reconstructor.load(SHIPPED / "recon")

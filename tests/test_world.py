@@ -8,7 +8,10 @@ from recon.cameras import intrinsics, look_at, orbit_position
 from recon.raster import rasterize
 from scenes.data import WorldDataset, make_split
 from scenes.nerf import load_nerf_folder, write_nerf_folder
-from scenes.world import SPLIT_OFFSETS, SPLIT_SIZE, make_object, make_rig, make_samples, split_seed
+from scenes.objects import make_object
+from scenes.rig import make_rig
+from scenes.samples import make_samples
+from scenes.world import SPLIT_OFFSETS, SPLIT_SIZE, split_seed
 
 
 def test_objects_are_deterministic_and_distinct(tiny_world):
@@ -130,7 +133,8 @@ def test_eval_split_rejects_data_of_another_size(tmp_path, tiny_world):
 
 
 def test_target_elevations_of_the_wrong_length_are_a_clear_error():
-    from scenes.world import WorldConfig, make_rig, target_views
+    from scenes.rig import make_rig
+    from scenes.world import WorldConfig, target_views
 
     cfg = WorldConfig(target_elevations=[20.0, -10.0])
     with pytest.raises(ValueError, match="target_elevations has 2 entries for 4 target_azimuths"):
