@@ -8,10 +8,10 @@ on CPU. Both follow gsplat's math and conventions (3DGS, Kerbl et al. 2023):
 3. composite: per pixel, alpha = min(0.999, o * exp(-q)), skipped below 1/255, front-to-back
    with transmittance T; a pixel stops before the Gaussian that would bring T to <= 1e-4.
 
-The CPU path composites tiles in depth chunks and drops pixels and tiles whose transmittance
-has saturated, so cost follows what is visible rather than what is listed. It is
-differentiable through autograd (the sort, the bins and the stop decisions are not, as in
-gsplat).
+Steps 1 and 3 are recon/splat.py. The CPU path composites tiles in depth chunks and drops
+pixels and tiles whose transmittance has saturated, so cost follows what is visible rather than
+what is listed. It is differentiable through autograd (the sort, the bins and the stop decisions
+are not, as in gsplat).
 """
 
 from __future__ import annotations
@@ -24,131 +24,57 @@ import torch
 from torch import Tensor
 
 from recon.cameras import check_cameras
-from recon.gaussians import Gaussians, covariance
-
-ALPHA_THRESHOLD = 1.0 / 255.0  # alphas below this are skipped
-ALPHA_MAX = 0.999  # alpha clamp
-T_STOP = 1e-4  # a pixel stops before the Gaussian that would bring T to <= this
-EXTEND = 3.33  # bounding box half-size in standard deviations (before the opacity bound)
+from recon.gaussians import Gaussians
+from recon.splat import Projected, composite, project
 
 
 @dataclass
-class Projected:
-    """Screen-space Gaussians for I images of N Gaussians each (flattened to [I * N])."""
+class _Grid:
+    """I images cut into square tiles: ``tx`` across and ``ty`` down, ``tile`` pixels a side."""
 
-    means2d: Tensor  # [I*N, 2]
-    conics: Tensor  # [I*N, 3] inverse 2D covariance (a, b, c)
-    depths: Tensor  # [I*N]
-    opacities: Tensor  # [I*N]
-    colors: Tensor  # [I*N, 3]
-    radii: Tensor  # [I*N, 2] int, 0 when culled
-    visible: Tensor  # [I*N] bool
+    images: int
+    tile: int
+    tx: int
+    ty: int
 
-
-def project(
-    g: Gaussians,
-    viewmats: Tensor,
-    Ks: Tensor,
-    width: int,
-    height: int,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-) -> Projected:
-    """Project Gaussians [I, N] into I cameras [I, 4, 4] / [I, 3, 3] (EWA splatting)."""
-    R = viewmats[:, None, :3, :3]
-    tr = viewmats[:, None, :3, 3]
-    mc = (R @ g.means[..., None]).squeeze(-1) + tr  # [I, N, 3]
-    cov_c = R @ covariance(g.quats, g.scales) @ R.transpose(-1, -2)
-    x, y, z = mc.unbind(-1)
-    in_depth = (z >= near) & (z <= far)
-    z = torch.where(in_depth, z, torch.ones_like(z))  # keep culled entries finite
-    fx, fy = Ks[:, None, 0, 0], Ks[:, None, 1, 1]
-    cx, cy = Ks[:, None, 0, 2], Ks[:, None, 1, 2]
-    # 1. clamped perspective Jacobian, as gsplat's persp_proj
-    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
-    tx = z * torch.minimum(
-        (width - cx) / fx + 0.3 * tan_x, torch.maximum(-(cx / fx + 0.3 * tan_x), x / z)
-    )
-    ty = z * torch.minimum(
-        (height - cy) / fy + 0.3 * tan_y, torch.maximum(-(cy / fy + 0.3 * tan_y), y / z)
-    )
-    zero = torch.zeros_like(z)
-    J = torch.stack(
-        [fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)], dim=-1
-    ).reshape(z.shape + (2, 3))
-    cov2 = J @ cov_c @ J.transpose(-1, -2)
-    mean2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
-    # 2. low-pass filter and conic
-    a = cov2[..., 0, 0] + eps2d
-    b = cov2[..., 0, 1]
-    c = cov2[..., 1, 1] + eps2d
-    det = a * c - b * b
-    ok = in_depth & (det > 0)
-    det = torch.where(ok, det, torch.ones_like(det))
-    conic = torch.stack([c / det, -b / det, a / det], dim=-1)
-    # 3. opacity-aware bounding box and culling (not differentiable)
-    op = g.opacities.expand(z.shape)
-    with torch.no_grad():
-        ok = ok & (op >= ALPHA_THRESHOLD)
-        extend = torch.sqrt(2.0 * torch.log(op.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD))
-        extend = extend.clamp(max=EXTEND)
-        rx = torch.ceil(extend * a.clamp_min(0).sqrt())
-        ry = torch.ceil(extend * c.clamp_min(0).sqrt())
-        ok = ok & ((rx > 0) | (ry > 0))
-        mx, my = mean2d[..., 0], mean2d[..., 1]
-        ok = ok & ~((mx + rx <= 0) | (mx - rx >= width) | (my + ry <= 0) | (my - ry >= height))
-        radii = torch.stack([rx, ry], dim=-1).int() * ok[..., None]
-    n = z.numel()
-    colors = g.colors.expand(z.shape + (g.colors.shape[-1],))
-    return Projected(
-        means2d=mean2d.reshape(n, 2),
-        conics=conic.reshape(n, 3),
-        depths=z.reshape(n),
-        opacities=op.reshape(n),
-        colors=colors.reshape(n, -1),
-        radii=radii.reshape(n, 2),
-        visible=ok.reshape(n),
-    )
+    @property
+    def per_image(self) -> int:
+        return self.tx * self.ty
 
 
-def composite(
-    means2d: Tensor,
-    conics: Tensor,
-    opacities: Tensor,
-    colors: Tensor,
-    depths: Tensor,
-    listed: Tensor,
-    pix: Tensor,
-    T: Tensor,
-    done: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Composite one depth-sorted chunk of K Gaussians over P pixels, for A groups at once.
+@dataclass
+class _Bins:
+    """Visible Gaussians listed per tile, each tile's listings front to back."""
 
-    Inputs are [A, K, ...] Gaussians (``listed`` marks real entries), pixel centres [A, P, 2],
-    the transmittance so far T [A, P] and the stopped mask ``done`` [A, P]. Returns the colour
-    [A, P, C] and depth [A, P] contributions, the new T and the new ``done``.
-    """
-    d = means2d[:, None, :, :] - pix[:, :, None, :]  # [A, P, K, 2]
-    dx, dy = d[..., 0], d[..., 1]
-    con = conics[:, None]
-    q = 0.5 * (con[..., 0] * dx * dx + con[..., 2] * dy * dy) + con[..., 1] * dx * dy
-    alpha = torch.clamp(opacities[:, None, :] * torch.exp(-q), max=ALPHA_MAX)
-    with torch.no_grad():
-        keep = (alpha >= ALPHA_THRESHOLD) & (q >= 0) & listed[:, None, :] & ~done[..., None]
-    alpha = alpha * keep
-    # transmittance before each Gaussian, relative to T; it only decreases along the chunk, so
-    # "T would drop to <= T_STOP" is already cumulative: the first such Gaussian and all after
-    # it are excluded.
-    before = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1.0 - alpha], -1), -1)
-    with torch.no_grad():
-        stop = T[..., None] * before[..., 1:] <= T_STOP
-        n_in = alpha.shape[-1] - stop.sum(-1, keepdim=True)  # Gaussians composited per pixel
-    w = alpha * before[..., :-1] * ~stop * T[..., None]  # [A, P, K]
-    rgb = torch.einsum("apk,akc->apc", w, colors)
-    dep = torch.einsum("apk,ak->ap", w, depths)
-    T_new = T * before.gather(-1, n_in).squeeze(-1)
-    return rgb, dep, T_new, done | stop[..., -1]
+    ids: Tensor  # [L] flat Gaussian index per listing, grouped by tile
+    starts: Tensor  # [I * tiles] first listing of each tile
+    counts: Tensor  # [I * tiles] listings of each tile
+
+
+@torch.no_grad()
+def _bin(p: Projected, n_per_image: int, grid: _Grid, dt: torch.dtype) -> _Bins:
+    """List every visible Gaussian in the tiles its box touches, sorted by (tile, depth)."""
+    dev, tile, n_tiles = p.means2d.device, grid.tile, grid.per_image
+    vis = p.visible.nonzero().squeeze(1)
+    m2, rad = p.means2d[vis], p.radii[vis].to(dt)
+    x0 = ((m2[:, 0] - rad[:, 0]) / tile).floor().clamp(0, grid.tx).long()
+    x1 = ((m2[:, 0] + rad[:, 0]) / tile).ceil().clamp(0, grid.tx).long()
+    y0 = ((m2[:, 1] - rad[:, 1]) / tile).floor().clamp(0, grid.ty).long()
+    y1 = ((m2[:, 1] + rad[:, 1]) / tile).ceil().clamp(0, grid.ty).long()
+    wdt = x1 - x0
+    cnt = wdt * (y1 - y0)
+    rep = torch.repeat_interleave(torch.arange(vis.numel(), device=dev), cnt)
+    first = torch.cumsum(cnt, 0) - cnt
+    k = torch.arange(rep.numel(), device=dev) - first[rep]
+    tile_x = x0[rep] + k % wdt[rep]
+    tile_y = y0[rep] + torch.div(k, wdt[rep], rounding_mode="floor")
+    image = torch.div(vis[rep], n_per_image, rounding_mode="floor")
+    key = image * n_tiles + tile_y * grid.tx + tile_x
+    depth_rank = torch.empty_like(vis)
+    depth_rank[torch.argsort(p.depths[vis])] = torch.arange(vis.numel(), device=dev)
+    order = torch.argsort(key * vis.numel() + depth_rank[rep])
+    counts = torch.bincount(key, minlength=grid.images * n_tiles)
+    return _Bins(ids=vis[rep[order]], starts=torch.cumsum(counts, 0) - counts, counts=counts)
 
 
 def _tile_pixels(tile: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -158,67 +84,31 @@ def _tile_pixels(tile: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.stack([xs, ys], dim=-1).reshape(-1, 2).to(dtype)  # [P, 2] offsets in a tile
 
 
-def rasterize_cpu(
-    g: Gaussians,
-    viewmats: Tensor,
-    Ks: Tensor,
-    width: int,
-    height: int,
-    background: Tensor | None = None,
-    near: float = 0.01,
-    far: float = 1e10,
-    eps2d: float = 0.3,
-    tile: int = 4,
-    chunk: int = 16,
-    max_chunk: int = 64,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Tile-based pure-torch rasterizer over I images: g [I, N], viewmats [I, 4, 4].
-
-    Returns rgb [I, H, W, C], alpha [I, H, W, 1], expected depth [I, H, W, 1]. Tiles are
-    composited in depth chunks that start at ``chunk`` Gaussians and double up to ``max_chunk``.
-    """
-    I = viewmats.shape[0]
-    dev, dt = g.means.device, g.means.dtype
-    p = project(g, viewmats, Ks, width, height, near, far, eps2d)
-    tx_n, ty_n = math.ceil(width / tile), math.ceil(height / tile)
-    n_tiles = tx_n * ty_n
-    C = p.colors.shape[-1]
-    P = tile * tile
-
-    # 1. bin: list every visible Gaussian in the tiles its box touches, sorted by (tile, depth)
-    with torch.no_grad():
-        vis = p.visible.nonzero().squeeze(1)
-        m2, rad = p.means2d[vis], p.radii[vis].to(dt)
-        x0 = ((m2[:, 0] - rad[:, 0]) / tile).floor().clamp(0, tx_n).long()
-        x1 = ((m2[:, 0] + rad[:, 0]) / tile).ceil().clamp(0, tx_n).long()
-        y0 = ((m2[:, 1] - rad[:, 1]) / tile).floor().clamp(0, ty_n).long()
-        y1 = ((m2[:, 1] + rad[:, 1]) / tile).ceil().clamp(0, ty_n).long()
-        wdt = x1 - x0
-        cnt = wdt * (y1 - y0)
-        rep = torch.repeat_interleave(torch.arange(vis.numel(), device=dev), cnt)
-        first = torch.cumsum(cnt, 0) - cnt
-        k = torch.arange(rep.numel(), device=dev) - first[rep]
-        tile_x = x0[rep] + k % wdt[rep]
-        tile_y = y0[rep] + torch.div(k, wdt[rep], rounding_mode="floor")
-        image = torch.div(vis[rep], g.means.shape[-2], rounding_mode="floor")
-        key = image * n_tiles + tile_y * tx_n + tile_x
-        depth_rank = torch.empty_like(vis)
-        depth_rank[torch.argsort(p.depths[vis])] = torch.arange(vis.numel(), device=dev)
-        order = torch.argsort(key * vis.numel() + depth_rank[rep])
-        listed_ids = vis[rep[order]]  # flat Gaussian index per listing, grouped by tile
-        counts = torch.bincount(key, minlength=I * n_tiles)
-        starts = torch.cumsum(counts, 0) - counts
-
-    # 2. composite the tiles that list anything, chunk by chunk, front to back
-    offs = _tile_pixels(tile, dt, dev)
-    all_tiles = torch.arange(I * n_tiles, device=dev)
-    local = all_tiles % n_tiles
+def _pixel_centres(
+    grid: _Grid, width: int, height: int, dt: torch.dtype, dev: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Pixel centres of every tile [I * tiles, P, 2] and which of them lie outside the image."""
+    offs = _tile_pixels(grid.tile, dt, dev)
+    local = torch.arange(grid.images * grid.per_image, device=dev) % grid.per_image
     origin = torch.stack(
-        [(local % tx_n) * tile, torch.div(local, tx_n, rounding_mode="floor") * tile], -1
+        [
+            (local % grid.tx) * grid.tile,
+            torch.div(local, grid.tx, rounding_mode="floor") * grid.tile,
+        ],
+        -1,
     )
-    pix_all = origin[:, None, :].to(dt) + offs[None] + 0.5  # [I*n_tiles, P, 2] pixel centres
-    outside = (pix_all[..., 0] > width) | (pix_all[..., 1] > height)
+    pix_all = origin[:, None, :].to(dt) + offs[None] + 0.5
+    return pix_all, (pix_all[..., 0] > width) | (pix_all[..., 1] > height)
 
+
+def _composite_tiles(
+    p: Projected, bins: _Bins, pix_all: Tensor, outside: Tensor, chunk: int, max_chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Composite the tiles that list anything, chunk by chunk, front to back; a tile leaves
+    when its pixels have all stopped or its list is spent. Returns T [I * tiles, P], colour
+    [I * tiles, P, C] and depth [I * tiles, P]; tiles that listed nothing stay background."""
+    dev, dt, P, C = pix_all.device, pix_all.dtype, pix_all.shape[1], p.colors.shape[-1]
+    starts, counts, listed_ids = bins.starts, bins.counts, bins.ids
     act = (counts > 0).nonzero().squeeze(1)
     T = torch.ones(act.numel(), P, dtype=dt, device=dev)
     done = outside[act].clone()
@@ -252,22 +142,56 @@ def rasterize_cpu(
             fin_dep.append(dep[finished])
             keep = ~finished
             act, T, done, rgb, dep = act[keep], T[keep], done[keep], rgb[keep], dep[keep]
-
-    # 3. assemble images: tiles that listed nothing are background
-    full_T = torch.ones(I * n_tiles, P, dtype=dt, device=dev)
-    full_rgb = torch.zeros(I * n_tiles, P, C, dtype=dt, device=dev)
-    full_dep = torch.zeros(I * n_tiles, P, dtype=dt, device=dev)
+    n = counts.numel()
+    full_T = torch.ones(n, P, dtype=dt, device=dev)
+    full_rgb = torch.zeros(n, P, C, dtype=dt, device=dev)
+    full_dep = torch.zeros(n, P, dtype=dt, device=dev)
     if fin_ids:
         ids = torch.cat(fin_ids)
         full_T = full_T.index_copy(0, ids, torch.cat(fin_T))
         full_rgb = full_rgb.index_copy(0, ids, torch.cat(fin_rgb))
         full_dep = full_dep.index_copy(0, ids, torch.cat(fin_dep))
+    return full_T, full_rgb, full_dep
 
-    def untile(x: Tensor) -> Tensor:
-        x = x.reshape(I, ty_n, tx_n, tile, tile, -1).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(I, ty_n * tile, tx_n * tile, -1)[:, :height, :width]
 
-    return _finish(untile(full_rgb), untile(1.0 - full_T), untile(full_dep), background)
+def _untile(x: Tensor, grid: _Grid, width: int, height: int) -> Tensor:
+    """[I * tiles, P, ...] tile-major -> [I, H, W, ...] images."""
+    I, ty, tx, tile = grid.images, grid.ty, grid.tx, grid.tile
+    x = x.reshape(I, ty, tx, tile, tile, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(I, ty * tile, tx * tile, -1)[:, :height, :width]
+
+
+def rasterize_cpu(
+    g: Gaussians,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+    tile: int = 4,
+    chunk: int = 16,
+    max_chunk: int = 64,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tile-based pure-torch rasterizer over I images: g [I, N], viewmats [I, 4, 4].
+
+    Returns rgb [I, H, W, C], alpha [I, H, W, 1], expected depth [I, H, W, 1]. Tiles are
+    composited in depth chunks that start at ``chunk`` Gaussians and double up to ``max_chunk``.
+    """
+    dev, dt = g.means.device, g.means.dtype
+    grid = _Grid(viewmats.shape[0], tile, math.ceil(width / tile), math.ceil(height / tile))
+    p = project(g, viewmats, Ks, width, height, near, far, eps2d)
+    bins = _bin(p, g.means.shape[-2], grid, dt)
+    pix_all, outside = _pixel_centres(grid, width, height, dt, dev)
+    T, rgb, dep = _composite_tiles(p, bins, pix_all, outside, chunk, max_chunk)
+    return _finish(
+        _untile(rgb, grid, width, height),
+        _untile(1.0 - T, grid, width, height),
+        _untile(dep, grid, width, height),
+        background,
+    )
 
 
 def _finish(
