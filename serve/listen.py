@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from serve.app import TOKEN_ENV, ServeConfig, create_app
+from serve.app import create_app
+from serve.config import TOKEN_ENV, ServeConfig
 
 
 def is_loopback(host: str) -> bool:

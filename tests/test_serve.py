@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import io
 import json
@@ -13,16 +14,21 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_util import png as _png
 from serve_util import samples, serve_config
 
 from recon.gaussians import load_ply
-from serve.app import create_app
+from serve import registry
+from serve.app import STATUS, create_app
+from serve.budget import LatencyModel
+from serve.metrics import ServeMetrics
 from serve.pipeline import Pipeline, encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
+PNG = {"content-type": "image/png"}
 
 
 def test_pipeline_api(serving):
@@ -234,3 +240,53 @@ def test_ply_from_response_loads(serving, tmp_path):
     (tmp_path / "o.ply").write_bytes(base64.b64decode(body["ply"]))
     g = load_ply(tmp_path / "o.ply")
     assert g.count > 0 and g.opacities.min() >= 1 / 255 - 1e-6
+
+
+def test_registry_refuses_with_its_own_exceptions(serving):
+    """No HTTP in the registry: an unknown student and unsupported steps are its own exceptions."""
+    reg = registry.Registry(serve_config(serving, preload_front=False), ServeMetrics())
+    known = r"\['consistency', 'shortcut', 'teacher'\]"
+    with pytest.raises(
+        registry.UnknownStudent, match=rf"unknown student 'nope'; available: {known}"
+    ):
+        reg.get("nope")
+    with pytest.raises(registry.UnknownStudent):
+        asyncio.run(reg.activate("nope"))
+    with pytest.raises(registry.UnsupportedSteps, match=r"supported: \[1, 2\]$"):
+        reg.choose("shortcut", 7, None, 0, LatencyModel())
+    with pytest.raises(registry.NotLoaded, match="activate it first"):
+        reg.get("consistency")
+    with pytest.raises(registry.BudgetAndChoice):
+        reg.choose("shortcut", None, 100.0, 0, LatencyModel())
+    with pytest.raises(registry.NoBudget, match=r"\(sweep: none\)$"):
+        reg.choose(None, None, 100.0, 0, LatencyModel())
+    assert not issubclass(registry.RegistryError, HTTPException)
+
+
+def test_app_maps_each_registry_exception_to_its_status(serving):
+    """One table maps every registry exception to a status; the routes answer with its message."""
+    assert set(STATUS) == set(registry.RegistryError.__subclasses__())
+    c = TestClient(create_app(serve_config(serving, preload_front=False)))
+    known = ["consistency", "shortcut", "teacher"]
+
+    def generate(**params):
+        return c.post("/v1/generate", content=_png(), params=params, headers=PNG)
+
+    cases = [
+        (generate(student="nope"), registry.UnknownStudent("nope", known)),
+        (c.post("/v1/students/nope/activate"), registry.UnknownStudent("nope", known)),
+        (
+            generate(steps=7),
+            registry.UnsupportedSteps("shortcut does not support 7 steps; supported: [1, 2]"),
+        ),
+        (generate(student="consistency"), registry.NotLoaded("consistency")),
+        (generate(student="shortcut", latency_ms=100), registry.BudgetAndChoice()),
+        (generate(latency_ms=100), registry.NoBudget("")),
+    ]
+    for r, e in cases:
+        assert (r.status_code, r.json()) == (STATUS[type(e)], {"detail": str(e)})
+    assert [r.status_code for r, _ in cases] == [404, 404, 422, 409, 422, 409]
+    assert cases[3][0].json()["detail"] == (
+        "student 'consistency' is not loaded; activate it first "
+        "(POST /v1/students/consistency/activate)"
+    )

@@ -245,7 +245,7 @@ def test_broken_card_is_listed_not_fatal(serving, tmp_path, capfd):
     cfg = serve_config(serving, default="", preload_front=False)
     cfg.students = str(root)
     with RunningServer(cfg) as s:  # starts: the first readable student is the default
-        assert s.server.active == "consistency"
+        assert s.server.registry.active == "consistency"
         lst = httpx.get(s.base + "/v1/students").json()["students"]
         broken = {x["name"]: x for x in lst if x.get("broken")}
         assert set(broken) == {"aaa_broken", "bbb_empty"}
@@ -278,13 +278,13 @@ def test_activation_errors_name_no_paths(serving, tmp_path):
 def test_overlapping_activations_end_with_the_newest(serving):
     cfg = serve_config(serving, default="shortcut", preload_front=False)
     with RunningServer(cfg) as s:
-        real = s.server._load
+        real = s.server.registry._load
 
         def slow(name):
             time.sleep(1.5)
             return real(name)
 
-        s.server._load = slow
+        s.server.registry._load = slow
 
         def activate(name, delay):
             time.sleep(delay)
@@ -295,12 +295,12 @@ def test_overlapping_activations_end_with_the_newest(serving):
         )
         assert newer.status_code == 200
         assert older.status_code == 409 and "superseded" in older.json()["detail"]
-        assert s.server.active == "shortcut"
+        assert s.server.registry.active == "shortcut"
         assert httpx.get(s.base + "/healthz").json()["active"] == "shortcut"
         # in order, both take effect
         assert activate("consistency", 0).status_code == 200
         assert activate("shortcut", 0).status_code == 200
-        assert s.server.active == "shortcut"
+        assert s.server.registry.active == "shortcut"
 
 
 def test_admin_routes_need_the_token(live):
@@ -435,7 +435,8 @@ def test_latency_budget_requests(serving, tmp_path):
     (tmp_path / "results.json").write_text(json.dumps({"rows": _rows()}))
     cfg = serve_config(serving, sweep=str(tmp_path / "results.json"), serve_teacher=False)
     with RunningServer(cfg) as s:
-        assert set(s.server.pipelines) == {"shortcut", "consistency"}  # the front, preloaded
+        front = {"shortcut", "consistency"}
+        assert set(s.server.registry.pipelines) == front  # the front, preloaded
         body = _ok(s.base, latency_ms=10_000).json()
         assert (body["student"], body["steps"]) == ("consistency", 2)
         assert body["picked"]["reason"].startswith("best fid")
