@@ -275,7 +275,7 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--students", default="shipped/students")
     ap.add_argument("--reconstructor", default="shipped/recon")
@@ -296,8 +296,11 @@ def main() -> int:
     )
     ap.add_argument("--budget-seconds", type=float, default=10.0, help="per load level")
     ap.add_argument("--quality", default="fid", help="sweep column reported for what is served")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def condition_images(args) -> tuple[list[str], list[torch.Tensor], list[int]]:
+    """The students to swap between, the test split's condition images and their seeds."""
     from recon.model import Reconstructor
     from scenes.data import open_split
     from scenes.world import model_world
@@ -313,13 +316,11 @@ def main() -> int:
     b = ds.batch(list(range(args.images)))
     images = list(b["cond"])
     seeds = [1000 + i for i in range(args.images)]
-    print(f"computing references for {students} ...", flush=True)
-    refs = references(students, args.students, args.reconstructor, images, seeds, args.steps)
-    unbatched = phase(args, students, refs, images, seeds, 1, swap=True)
-    print("unbatched:", json.dumps(unbatched), flush=True)
-    batched = phase(args, students, refs, images, seeds, args.max_batch, swap=True)
-    print("batched:  ", json.dumps(batched), flush=True)
-    budgeted = budget_phase(args, images, seeds)
+    return students, images, seeds
+
+
+def summary(args, students, unbatched: dict, batched: dict, budgeted: dict) -> dict:
+    """The run's result: the batched phase's headline numbers, every phase, the targets."""
     result = {
         "requests": batched["requests"],
         "failures": batched["failures"],
@@ -343,27 +344,36 @@ def main() -> int:
         and result["swaps"] >= 10
         and result["batching_speedup"] >= 1.5
     )
+    return result
+
+
+HEADLINE = (
+    "requests",
+    "failures",
+    "p50_ms",
+    "p99_ms",
+    "throughput_rps",
+    "swaps",
+    "batching_speedup",
+    "targets_met",
+)
+
+
+def main() -> int:
+    args = parse_args()
+    students, images, seeds = condition_images(args)
+    print(f"computing references for {students} ...", flush=True)
+    refs = references(students, args.students, args.reconstructor, images, seeds, args.steps)
+    unbatched = phase(args, students, refs, images, seeds, 1, swap=True)
+    print("unbatched:", json.dumps(unbatched), flush=True)
+    batched = phase(args, students, refs, images, seeds, args.max_batch, swap=True)
+    print("batched:  ", json.dumps(batched), flush=True)
+    budgeted = budget_phase(args, images, seeds)
+    result = summary(args, students, unbatched, batched, budgeted)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "requests",
-                    "failures",
-                    "p50_ms",
-                    "p99_ms",
-                    "throughput_rps",
-                    "swaps",
-                    "batching_speedup",
-                    "targets_met",
-                )
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps({k: result[k] for k in HEADLINE}, indent=2))
     print(f"wrote {out}")
     return 0 if result["targets_met"] else 1
 
