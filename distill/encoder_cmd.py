@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, is_main, main_first, train, train_device, unwrap
 from eval.distribution import distribution_distances
 from eval.encoder import FeatureEncoder
 from scenes.data import open_split
 from scenes.objects import object_attributes
 from scenes.world import WorldConfig, world_id
+from training.config import TrainConfig
+from training.loop import train
+from training.processes import is_main, main_first, train_device, unwrap
 
 LABEL_SCALE = torch.tensor([1.0, 1, 1, 1, 0.25, 1, 1, 1, 1, 1, 1])  # counts ~1, stripes ~0-8
 

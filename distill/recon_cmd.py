@@ -9,22 +9,16 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import (
-    TrainConfig,
-    across_processes,
-    is_main,
-    main_first,
-    process_count,
-    start_from,
-    train,
-    train_device,
-)
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
 from scenes.rig import make_rig
 from scenes.samples import unpack_gaussians
 from scenes.world import WorldConfig, model_world, world_id
+from training.checkpoints import start_from
+from training.config import TrainConfig
+from training.loop import train
+from training.processes import across_processes, is_main, main_first, process_count, train_device
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 from eval.compare import compare_rows, compare_table, teacher_reference
 from eval.views import eval_objects, generated_sheet, test_objects
 from scenes.world import model_world
+from students.folder import LoadedStudent
 from students.sampling import sample_views
-from students.student import load_student
 from teachers.io import load_teacher
 
 REFERENCE_STEPS = 50
@@ -26,10 +26,10 @@ def record_metrics(
     """Measure a student at its step counts (up to ``max_steps``) on ``count`` objects of
     ``split`` (val: these quick figures are what a user compares recipes by) and write the
     figures into its student.json."""
-    from distill.loop import train_device
+    from training.processes import train_device
 
     folder, device = Path(folder), train_device()
-    student = load_student(folder).to(device)
+    student = LoadedStudent.from_pretrained(folder).to(device)
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
     world = model_world(card, student.info.image_size)
@@ -73,7 +73,7 @@ def compare(
     ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, sampler, teacher_guidance)
     models = {"teacher": teacher}
     for s in students:
-        models[Path(s).name] = load_student(s, teacher=teacher)
+        models[Path(s).name] = LoadedStudent.from_pretrained(s, teacher=teacher)
     rows = compare_rows(models, cond, gt, seeds, steps_list, ref, sampler, teacher_guidance)
     table = compare_table(rows)
     outp = Path(out)
@@ -94,7 +94,7 @@ def sample_student(
     data_root: str,
     teacher_dir: str | None = None,
 ) -> Path:
-    st = load_student(folder, teacher_dir=teacher_dir)
+    st = LoadedStudent.from_pretrained(folder, teacher_dir=teacher_dir)
     cond, gt, _ = test_objects(data_root, count, st.info.image_size)
     views, nfe = sample_views(st, cond, steps, [seed + i for i in range(count)])
     return generated_sheet(

@@ -10,12 +10,15 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import TrainConfig, is_main, main_first, start_from, train
 from distill.methods.base import diffusion_targets, regression_loss
 from samplers.paths import convert, get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, world_id
 from teachers.lab import LabTeacher, LabTeacherConfig
+from training.checkpoints import start_from
+from training.config import TrainConfig
+from training.loop import train
+from training.processes import is_main, main_first
 
 
 @dataclass

@@ -12,16 +12,6 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.loop import (
-    TrainConfig,
-    is_main,
-    main_first,
-    process_count,
-    process_sum,
-    train,
-    train_device,
-    unwrap,
-)
 from distill.methods import get_method
 from distill.methods.base import Context, CountingTeacher, regression_loss
 from samplers.paths import convert, get_path
@@ -29,6 +19,10 @@ from scenes.data import open_split
 from scenes.world import WorldConfig, recorded_world, world_id
 from students.student import Student, StudentCard, StudentConfig, save_student
 from teachers.io import load_teacher
+from training.checkpoints import LossLog
+from training.config import TrainConfig
+from training.loop import train
+from training.processes import is_main, main_first, process_count, process_sum, train_device, unwrap
 
 
 @dataclass
@@ -199,7 +193,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     out = Path(cfg.out or run_dir / "student")
     if not is_main():  # one process writes the student and its figures
         return out
-    seconds = _total_seconds(run_dir) or time.perf_counter() - t0
+    seconds = LossLog(run_dir).total_seconds() or time.perf_counter() - t0
     card = StudentCard(
         method=method,
         teacher_dir=cfg.teacher,
@@ -246,18 +240,3 @@ def _check_run_teacher(run_dir: Path, teacher) -> None:
     if is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         mark.write_text(weights + "\n")
-
-
-def _total_seconds(run_dir: Path) -> float | None:
-    """Training wall time over all (resumed) runs, from the loss log's last elapsed_s of each."""
-    log = run_dir / "losses.csv"
-    if not log.exists():
-        return None
-    rows = log.read_text().strip().splitlines()[1:]
-    total, prev = 0.0, 0.0
-    for r in rows:
-        e = float(r.split(",")[2])
-        if e < prev:
-            total += prev
-        prev = e
-    return total + prev

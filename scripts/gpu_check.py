@@ -38,8 +38,8 @@ def _methods(args, out: Path, dev: torch.device) -> list[dict]:
     from distill.methods import SMOKE_SETTINGS
     from distill.train_cmd import train_student
     from eval.views import test_objects
+    from students.folder import LoadedStudent
     from students.sampling import sample_views
-    from students.student import load_student
 
     rows = []
     for recipe in sorted((ROOT / "configs/methods").glob("*.yaml")):
@@ -68,7 +68,7 @@ def _methods(args, out: Path, dev: torch.device) -> list[dict]:
         summary = json.loads((run / "train_summary.json").read_text())
         if not summary["device"].startswith(dev.type):
             raise RuntimeError(f"{m} trained on {summary['device']}, not on {dev.type}")
-        st = load_student(folder).to(dev)
+        st = LoadedStudent.from_pretrained(folder).to(dev)
         cond, _, seeds = test_objects(args.data_root, 2, st.info.image_size)
         views, nfe = sample_views(st, cond, min(st.card.steps), seeds)
         if not torch.isfinite(views).all():
@@ -226,7 +226,7 @@ def main() -> None:
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False)", file=sys.stderr)
         sys.exit(2)
     if dev.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "1"  # training follows (distill.loop.train_device)
+        os.environ["ACCELERATE_USE_CPU"] = "1"  # training follows (training.processes.train_device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {

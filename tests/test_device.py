@@ -1,5 +1,6 @@
-"""Device placement: one owner (distill.loop), and scripts/gpu_check.sh. The CUDA tests are
-marked ``gpu`` and skip on a machine without CUDA; the rest check the CPU side of the contract."""
+"""Device placement: one owner (training.processes and the loop), and scripts/gpu_check.sh.
+The CUDA tests are marked ``gpu`` and skip on a machine without CUDA; the rest check the CPU
+side of the contract."""
 
 import json
 import subprocess
@@ -9,10 +10,13 @@ import pytest
 import torch
 from tiny_util import smoke_train_args
 
-from distill.loop import Draws, TrainConfig, step_generator, train, train_device
 from distill.methods import METHODS
 from scenes.data import WorldDataset
 from scenes.world import WorldConfig
+from training.config import TrainConfig
+from training.draws import Draws, step_generator
+from training.loop import train
+from training.processes import train_device
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.loop import start_from
 from teachers.io import load_teacher
+from training.checkpoints import start_from
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "teacher" / "tiny.yaml")
@@ -117,7 +117,8 @@ def test_on_step_true_restarts_optimizer_and_warmup(tmp_path):
     included, and drops the optimizer's moments."""
     import csv
 
-    from distill.loop import TrainConfig, train
+    from training.config import TrainConfig
+    from training.loop import train
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
@@ -131,24 +132,31 @@ def test_on_step_true_restarts_optimizer_and_warmup(tmp_path):
 
 
 def test_restart_clears_optimizer_state():
-    from distill.loop import TrainConfig, _lr_lambda, _restart
+    from training.schedule import Schedule
 
     p = torch.nn.Parameter(torch.ones(2))
     opt = torch.optim.AdamW([p], lr=1.0)
-    origin = [0]
-    f = _lr_lambda(TrainConfig(warmup=4), origin)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    schedule = Schedule(warmup=4, steps=1000)
+    sched = schedule.scheduler(opt)
     for _ in range(5):
         p.grad = torch.ones(2)
         opt.step()
         sched.step()
     assert opt.state[p] and opt.param_groups[0]["lr"] == 1.0
-    _restart(opt, sched, origin, f)
-    assert not opt.state and origin == [5] and opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    schedule.restart(opt, sched)
+    assert not opt.state and schedule.origin == 5
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_schedule_refuses_an_unknown_kind():
+    from training.schedule import Schedule
+
+    with pytest.raises(ValueError, match="train.schedule must be constant or cosine"):
+        Schedule(warmup=1, steps=10, kind="linear")
 
 
 def test_ema_module_copy_tracks_and_restores_in_place():
-    from distill.loop import EMA
+    from training.ema import EMA
 
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, 0.5, warmup=False, module=True)

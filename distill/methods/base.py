@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distill.loop import Draws, as_draws
 from samplers.paths import Path, from_x0_eps, interpolate
+from training.draws import Draws, as_draws
 
 
 @dataclass

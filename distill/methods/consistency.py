@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distill.loop import EMA
 from distill.methods.base import Method, Targets
 from samplers.paths import ddim_step, interpolate
+from training.ema import EMA
 
 
 @dataclass

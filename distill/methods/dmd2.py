@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.loop import Draws, as_draws, average_gradients
 from distill.methods.base import Method, Targets, output_as
 from samplers.paths import from_x0_eps, get_path, interpolate
 from samplers.sampling import time_grid
+from training.draws import Draws, as_draws
+from training.processes import average_gradients
 
 
 @dataclass

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from distill.loop import Draws
 from distill.methods.base import Method, Targets, output_as, row_times
 from samplers.paths import from_x0_eps, get_path, interpolate
+from training.draws import Draws
 
 
 @dataclass

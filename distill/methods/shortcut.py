@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distill.loop import EMA
 from distill.methods.base import Method, Targets, output_as, sample_t
 from samplers.paths import from_x0_eps, interpolate
+from training.ema import EMA
 
 
 @dataclass
