@@ -242,7 +242,7 @@ def write_report(out: Path, res: dict, copy: float) -> None:
     (out / "diagnosis.md").write_text("\n".join(lines))
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--every", type=int, default=500)
@@ -263,7 +263,66 @@ def main() -> None:
         "(comma-separated run folders, stage 1 first), every --every updates",
     )
     ap.add_argument("--recipe-name", default="recipe", help="its name in the report")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def _load_results(res_path: Path, a, copy: float) -> dict:
+    """diagnosis.json so far (a killed run resumes), with this run's settings."""
+    res = json.loads(res_path.read_text()) if res_path.exists() else {"variants": {}}
+    res["variants"] = {  # entries written before budgets were part of the key
+        (k if "@" in k else f"{k}@{v['steps']}"): v for k, v in res["variants"].items()
+    }
+    res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
+    return res
+
+
+def _reference(folder: str, truth, seeds, axis) -> dict:
+    """The finished teacher in ``folder`` measured like the variants' checkpoints."""
+    from teachers.io import load_teacher
+
+    ref = load_teacher(folder)
+    minutes = _teacher_minutes(Path(folder))
+    row = {"teacher": folder, "train_minutes": minutes}
+    row.update(evaluate(ref, truth, seeds, axis))
+    return row
+
+
+def _recipe_entry(a, truth, seeds, axis) -> tuple[str, dict]:
+    """The report entry of a staged recipe's runs (--recipe) and its key."""
+    runs = [Path(r) for r in a.recipe.split(",")]
+    points = recipe_curve(runs, a.every, truth, seeds, axis)
+    return f"{a.recipe_name}@{points[-1]['step']}", {
+        "what": f"staged recipe: {', '.join(str(r) for r in runs)}",
+        "overrides": [],
+        "steps": points[-1]["step"],
+        "wall_s": 60 * points[-1]["train_minutes"],
+        "points": points,
+    }
+
+
+def _variant_entry(name: str, what: str, overrides: list[str], a, truth, seeds, axis) -> dict:
+    """Train variant ``name`` for --steps updates and measure every --every-th checkpoint."""
+    wall = train_variant(name, overrides, a)
+    run = Path(a.run_root) / f"{name}_{a.steps}"
+    info = json.loads((run / "teacher" / "teacher.json").read_text())
+    per_step = info["train_seconds_last_run"] / a.steps
+    points = []
+    for step in range(a.every, a.steps + 1, a.every):
+        p = {"step": step, "train_minutes": step * per_step / 60}
+        p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
+        points.append(p)
+        print(name, json.dumps(p), flush=True)
+    return {
+        "what": what,
+        "overrides": overrides,
+        "steps": a.steps,
+        "wall_s": wall,
+        "points": points,
+    }
+
+
+def main() -> None:
+    a = _parse_args()
     from eval.encoder import FeatureEncoder
     from eval.quality import QualityAxis, copy_baseline
     from eval.views import eval_objects
@@ -275,29 +334,13 @@ def main() -> None:
     axis = QualityAxis(truth, None, FeatureEncoder.load(a.encoder))
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
-    res = json.loads(res_path.read_text()) if res_path.exists() else {"variants": {}}
-    res["variants"] = {  # entries written before budgets were part of the key
-        (k if "@" in k else f"{k}@{v['steps']}"): v for k, v in res["variants"].items()
-    }
-    res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
+    res = _load_results(res_path, a, copy)
     if a.reference and "reference" not in res:
-        from teachers.io import load_teacher
-
-        ref = load_teacher(a.reference)
-        minutes = _teacher_minutes(Path(a.reference))
-        res["reference"] = {"teacher": a.reference, "train_minutes": minutes}
-        res["reference"].update(evaluate(ref, truth, seeds, axis))
+        res["reference"] = _reference(a.reference, truth, seeds, axis)
         res_path.write_text(json.dumps(res, indent=2))
     if a.recipe:
-        runs = [Path(r) for r in a.recipe.split(",")]
-        points = recipe_curve(runs, a.every, truth, seeds, axis)
-        res["variants"][f"{a.recipe_name}@{points[-1]['step']}"] = {
-            "what": f"staged recipe: {', '.join(str(r) for r in runs)}",
-            "overrides": [],
-            "steps": points[-1]["step"],
-            "wall_s": 60 * points[-1]["train_minutes"],
-            "points": points,
-        }
+        key, entry = _recipe_entry(a, truth, seeds, axis)
+        res["variants"][key] = entry
         res_path.write_text(json.dumps(res, indent=2))
         write_report(out, res, copy)
         return
@@ -306,23 +349,7 @@ def main() -> None:
         key = f"{name}@{a.steps}"  # one entry per variant and training budget
         if key in res["variants"]:
             continue
-        wall = train_variant(name, overrides, a)
-        run = Path(a.run_root) / f"{name}_{a.steps}"
-        info = json.loads((run / "teacher" / "teacher.json").read_text())
-        per_step = info["train_seconds_last_run"] / a.steps
-        points = []
-        for step in range(a.every, a.steps + 1, a.every):
-            p = {"step": step, "train_minutes": step * per_step / 60}
-            p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
-            points.append(p)
-            print(name, json.dumps(p), flush=True)
-        res["variants"][key] = {
-            "what": what,
-            "overrides": overrides,
-            "steps": a.steps,
-            "wall_s": wall,
-            "points": points,
-        }
+        res["variants"][key] = _variant_entry(name, what, overrides, a, truth, seeds, axis)
         res_path.write_text(json.dumps(res, indent=2))
         write_report(out, res, copy)
 
