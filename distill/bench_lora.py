@@ -15,17 +15,17 @@ from eval.timing import device_name, time_ms
 def bench_lora(
     student_dir: str, out: str | Path, repeats: int = 20, batch: int = 1, device: str = "auto"
 ) -> dict:
-    from students.student import load_student
+    from students.folder import LoadedStudent
     from teachers.io import load_teacher
 
     dev = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    plain = load_student(student_dir).to(dev).eval()
+    plain = LoadedStudent.from_pretrained(student_dir).to(dev).eval()
     if getattr(plain.student, "lora_config", None) is None:
         raise ValueError(f"{student_dir} has no LoRA adapters: nothing to merge")
     teacher = load_teacher(plain.card.teacher_dir).to(dev).eval()
-    merged = load_student(student_dir, teacher=teacher, merge=True).to(dev).eval()
+    merged = LoadedStudent.from_pretrained(student_dir, teacher=teacher, merge=True).to(dev).eval()
     steps = min(plain.card.steps)
     for m in (plain, merged):
         m.use_steps(steps)

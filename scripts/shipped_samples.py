@@ -41,7 +41,7 @@ def compute(data_root: Path) -> dict[str, torch.Tensor]:
     from recon.model import Reconstructor
     from scenes.data import make_split
     from scenes.world import model_world
-    from students.student import load_student
+    from students.folder import LoadedStudent
     from teachers.io import load_teacher
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def compute(data_root: Path) -> dict[str, torch.Tensor]:
     for steps in (2, 4):
         out[f"teacher@{steps}"], _ = teacher.sample(cond, steps, SEEDS, "euler", 1.0)
     for folder in sorted((SHIPPED / "students").iterdir()):
-        st = load_student(folder, teacher=teacher)
+        st = LoadedStudent.from_pretrained(folder, teacher=teacher)
         for steps in st.supported_steps[:2]:
             out[f"{folder.name}@{steps}"], _ = st.sample(cond, steps, SEEDS)
     recon = Reconstructor.load(SHIPPED / "recon")

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from recon.model import ReconConfig, Reconstructor
 from serve.app import ServeConfig, create_app
 from serve.listen import uvicorn_config
-from students.student import Student, StudentCard, StudentConfig, save_student
+from students.card import StudentCard
+from students.module import Student, StudentConfig
 from teachers.io import load_teacher
 
 
@@ -41,7 +42,7 @@ def make_serving(teacher_dir: Path, root: Path) -> Path:
             sampler="shortcut" if method == "shortcut" else "consistency",
             steps=steps,
         )
-        save_student(s, root / "students" / method, card)
+        s.save_pretrained(root / "students" / method, card)
     torch.manual_seed(0)
     Reconstructor(
         ReconConfig(

@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from tiny_util import smoke_train_args, tiny_vae
 
 from distill.methods import METHODS
-from students.student import load_student
+from students.folder import LoadedStudent
 from teachers.io import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def test_every_method_distils_a_latent_teacher(method, latent_teacher_dir, tmp_p
     args = smoke_train_args(method, latent_teacher_dir, run, data, 4, "student.lora_rank=4")
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    st = load_student(run / "student")
+    st = LoadedStudent.from_pretrained(run / "student")
     manifest = json.loads((data / "train" / "manifest.json").read_text())
     assert manifest["count"] >= 4  # rendered from the teacher's six cameras:
     from scenes.data import WorldDataset

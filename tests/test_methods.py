@@ -15,7 +15,9 @@ from distill.methods.reflow import make_couplings
 from samplers.paths import ddim_step, get_path, interpolate, to_x0_eps, velocity
 from samplers.sampling import generate
 from scenes.data import WorldDataset
-from students.student import Student, StudentCard, StudentConfig, load_student, save_student
+from students.card import StudentCard
+from students.folder import LoadedStudent
+from students.module import Student, StudentConfig
 from teachers.io import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +63,7 @@ def test_untrained_student_equals_teacher(tiny_teacher_dir, lora):
 def test_velocity_student_of_an_x0_teacher_starts_as_the_teacher(tiny_x0_teacher_dir):
     """A student declared in velocity (MeanFlow, reflow) of an x0 network outputs, untrained, the
     teacher's own velocity (x_t - x0) / t; below NET_T_MIN the division is by NET_T_MIN."""
-    from students.student import NET_T_MIN
+    from students.module import NET_T_MIN
 
     t = load_teacher(tiny_x0_teacher_dir)
     s = Student(t, StudentConfig(lora_rank=4, second_time=True), "linear", "velocity")
@@ -283,8 +285,8 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
         sampler="shortcut",
         steps=[1, 2],
     )
-    save_student(s, tmp_path / "st", card, dtype=torch.float32)
-    back = load_student(tmp_path / "st")
+    s.save_pretrained(tmp_path / "st", card, dtype=torch.float32)
+    back = LoadedStudent.from_pretrained(tmp_path / "st")
     sa, sb = s.trainable_state(), back.student.trainable_state()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     x, tt, c = _inputs()
@@ -298,7 +300,7 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
         next(other.parameters()).add_(1.0)
     other.weights_id = "0123456789abcdef"
     with pytest.raises(ValueError, match="was made from teacher weights"):
-        load_student(tmp_path / "st", teacher=other)
+        LoadedStudent.from_pretrained(tmp_path / "st", teacher=other)
 
 
 def test_unknown_method_lists_valid_ones():
@@ -321,7 +323,7 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     folder = tmp_path / "run" / "student"
-    st = load_student(folder)
+    st = LoadedStudent.from_pretrained(folder)
     assert st.card.method == method and st.card.metrics["by_steps"]
     assert st.card.metrics["split"] == "val"  # quick figures for choosing: never test
     log = (tmp_path / "run" / "losses.csv").read_text()
@@ -549,7 +551,7 @@ def test_dmd2_gan_head_trains_and_its_shift_is_the_gan_gradient(tiny_teacher_dir
 def test_merged_lora_student_matches_and_drops_the_adapters(tiny_teacher_dir, tmp_path):
     from peft.tuners.lora import LoraLayer
 
-    from students.student import StudentCard, load_student, merged_copy, save_student
+    from students.lora import merged_copy
 
     t = load_teacher(tiny_teacher_dir)
     torch.manual_seed(3)
@@ -579,8 +581,9 @@ def test_merged_lora_student_matches_and_drops_the_adapters(tiny_teacher_dir, tm
         sampler="shortcut",
         steps=[1, 2],
     )
-    save_student(s, tmp_path / "st", card, dtype=torch.float32)
-    plain, merged = load_student(tmp_path / "st"), load_student(tmp_path / "st", merge=True)
+    s.save_pretrained(tmp_path / "st", card, dtype=torch.float32)
+    plain = LoadedStudent.from_pretrained(tmp_path / "st")
+    merged = LoadedStudent.from_pretrained(tmp_path / "st", merge=True)
     cond = torch.rand(2, 3, 16, 16) * 2 - 1
     v1, _ = plain.sample(cond, 2, [1, 2])
     v2, _ = merged.sample(cond, 2, [1, 2])

@@ -96,12 +96,12 @@ def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
 def test_shipped_student_reproduces_its_card(method, teacher_world_data):
     from eval.compare import compare_rows
     from eval.views import eval_objects
-    from students.student import load_student
+    from students.folder import LoadedStudent
 
     folder = SHIPPED / "students" / method
     if not (folder / "student.json").exists():
         pytest.skip(f"no shipped {method} student")
-    st = load_student(folder, teacher_dir=str(SHIPPED / "teacher"))
+    st = LoadedStudent.from_pretrained(folder, teacher_dir=str(SHIPPED / "teacher"))
     metrics = st.card.metrics
     steps = st.card.steps[0]
     rec = metrics["by_steps"][str(steps)]

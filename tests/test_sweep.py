@@ -11,7 +11,8 @@ from eval.encoder import FeatureEncoder
 from eval.report import amortised
 from eval.sweep import Sweep, SweepConfig
 from recon.model import ReconConfig, Reconstructor
-from students.student import Student, StudentCard, StudentConfig, save_student
+from students.card import StudentCard
+from students.module import Student, StudentConfig
 from teachers.io import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def sweep_assets(tiny_teacher_dir, tmp_path_factory):
         steps=[1, 2],
         train_config={"train_seconds": 60.0},
     )
-    save_student(s, root / "shortcut", card)
+    s.save_pretrained(root / "shortcut", card)
     Reconstructor(
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
