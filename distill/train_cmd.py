@@ -13,8 +13,8 @@ import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.methods import get_method
-from distill.methods.base import Context, CountingTeacher, regression_loss
-from samplers.paths import convert, get_path
+from distill.methods.base import Context, CountingTeacher, student_loss, uncounted
+from samplers.paths import get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, recorded_world, world_id
 from students.student import Student, StudentCard, StudentConfig, save_student
@@ -91,7 +91,7 @@ def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
     """Students learn on their teacher's world: the one the teacher records, unless the config
     names another explicitly (then it must be the same world). A teacher without a record that
     names its cameras (a diffusers folder's multiview.json) gets data rendered from them."""
-    own = recorded_world(getattr(teacher, "meta", None))
+    own = recorded_world(teacher.record)
     views = getattr(teacher, "views", None)
     if own is not None:
         if not (asked == WorldConfig() or world_id(asked) == world_id(own)):
@@ -135,7 +135,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
             f"{teacher.info.image_size}px views"
         )
     with main_first():  # one process makes the data; the others read it
-        _check_run_teacher(run_dir, teacher.inner)
+        _check_run_teacher(run_dir, uncounted(teacher))
         save_config(cfg, run_dir)
         ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
     ctx = Context(
@@ -152,26 +152,22 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         ema_warmup=cfg.train.ema_warmup,
     )
     m = mcls(cfg.method, ctx)
-    scfg, spath, spred = m.student_setup(StudentConfig(**asdict(cfg.student)))
+    needs = m.needs
+    scfg = needs.student_config(StudentConfig(**asdict(cfg.student)))
     torch.manual_seed(cfg.train.seed)
-    student = Student(teacher.inner, scfg, path=spath, prediction=spred).to(device)
+    student = Student(
+        ctx.network,
+        scfg,
+        path=needs.student_path(teacher),
+        prediction=needs.student_prediction(teacher),
+    ).to(device)
     with device, main_first():  # built with the student (target networks); couplings made once
         m.prepare(student)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * process_count()  # all processes
     cost = Cost(teacher, time.perf_counter() - t_prepare, per_update)
-    s_path = get_path(student.path_name)
 
     def step_fn(model, step, draws):  # model: accelerate's wrapper, for the optimised forward
-        tg = m.targets(unwrap(model), draws)
-        kw = {}
-        if tg.s is not None:
-            kw["s"] = tg.s
-        if tg.w is not None:
-            kw["w"] = tg.w
-        out = model(tg.x_t, tg.t, tg.cond, **kw)
-        if tg.space != "raw":  # the target's parametrization (velocity, x0)
-            out = convert(s_path, out, tg.x_t, tg.t, student.prediction, tg.space)
-        return regression_loss(out, tg)
+        return student_loss(model, student, m.targets(unwrap(model), draws))
 
     def on_step(step, model):
         cost.count(step, model)

@@ -6,12 +6,12 @@ returns the named loss terms the loop logs. The loop never asks which method run
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from samplers.paths import Path, from_x0_eps, interpolate
+from samplers.paths import Path, convert, from_x0_eps, get_path, interpolate
 from training.draws import Draws, as_draws
 
 
@@ -27,6 +27,33 @@ class Targets:
     loss: str = "l2"  # l2 | pseudo_huber
     huber_c: float = 0.0  # pseudo-Huber constant c (absolute, on the whole sample vector)
     space: str = "raw"  # raw: the student's own parametrization; else converted (velocity, x0)
+
+
+TEACHERS = "teacher"  # in Needs: keep the teacher's path or parametrization
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method's student needs besides a copy of the teacher's network."""
+
+    path: str = TEACHERS  # the student's path (linear, cosine) or the teacher's
+    prediction: str = TEACHERS  # the student's parametrization (velocity, x0, ...) or the teacher's
+    second_time: bool = False  # a second time input s (shortcut's step, MeanFlow's r)
+    guidance_input: bool = False  # a guidance-scale input w (guidance-conditioned students)
+    boundary: bool = False  # consistency preconditioning (the student predicts x0)
+
+    def student_config(self, base):
+        """``base`` (a StudentConfig) with the inputs this method needs switched on."""
+        flags = ("second_time", "guidance_input", "boundary")
+        return replace(base, **{k: True for k in flags if getattr(self, k)})
+
+    def student_path(self, teacher) -> str:
+        """The student's path name, given its teacher."""
+        return teacher.path_name if self.path == TEACHERS else self.path
+
+    def student_prediction(self, teacher) -> str:
+        """The student's parametrization, given its teacher."""
+        return teacher.prediction if self.prediction == TEACHERS else self.prediction
 
 
 def sample_t(n: int, gen: torch.Generator, kind: str, lo: float = 0.0, hi: float = 1.0) -> Tensor:
@@ -85,8 +112,6 @@ def diffusion_targets(
 
 def output_as(model, x: Tensor, t: Tensor, cond: Tensor, space: str, **kw) -> Tensor:
     """A sampleable model's output at (x, t), converted to ``space`` (velocity, x0, ...)."""
-    from samplers.paths import convert, get_path
-
     out = model(x, t, cond, **kw)
     return convert(get_path(model.path_name), out, x, t, model.prediction, space)
 
@@ -113,6 +138,21 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
     return terms
 
 
+def student_loss(model, student, tg: Targets) -> dict[str, Tensor]:
+    """The student's loss terms on ``tg``: ``model`` (the student, or the loop's wrapper of it)
+    called with the extra inputs the targets carry, its output converted to the targets' space
+    (``student`` gives the path and parametrization), regressed."""
+    kw = {}
+    if tg.s is not None:
+        kw["s"] = tg.s
+    if tg.w is not None:
+        kw["w"] = tg.w
+    out = model(tg.x_t, tg.t, tg.cond, **kw)
+    if tg.space != "raw":  # the target's parametrization (velocity, x0)
+        out = convert(get_path(student.path_name), out, tg.x_t, tg.t, student.prediction, tg.space)
+    return regression_loss(out, tg)
+
+
 @dataclass
 class Context:
     """What a method may use besides the student: the frozen teacher and the data."""
@@ -128,6 +168,11 @@ class Context:
     train_count: int = 0  # objects training draws from (the first ones); 0 = all in ``data``
     ema_decay: float = 0.999  # the run's EMA (train.ema_decay): also every target network's
     ema_warmup: bool = True  # the run's EMA warm-up (train.ema_warmup)
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The frozen teacher itself, not counted (to build students and target networks from)."""
+        return uncounted(self.teacher)
 
     def objects(self) -> int:
         """How many train objects a method may draw from."""
@@ -156,21 +201,23 @@ class CountingTeacher(torch.nn.Module):
             return getattr(self.inner, name)
 
 
+def uncounted(teacher: torch.nn.Module) -> torch.nn.Module:
+    """The teacher inside a :class:`CountingTeacher` (the teacher itself otherwise)."""
+    return teacher.inner if isinstance(teacher, CountingTeacher) else teacher
+
+
 class Method:
-    """Base of the methods: batch in, targets out. Subclasses set ``name``, ``Config`` and
-    ``sampler`` and implement :meth:`targets`; the rest are hooks with no-op defaults."""
+    """Base of the methods: batch in, targets out. Subclasses set ``name``, ``Config``,
+    ``sampler`` and ``needs`` and implement :meth:`targets`; the rest are hooks with no-op
+    defaults."""
 
     name = ""
     sampler = "euler"  # how its students are sampled
     Config: type = object
+    needs = Needs()  # what its student needs (path, parametrization, extra inputs)
 
     def __init__(self, cfg, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
-
-    def student_setup(self, student_cfg) -> tuple[object, str | None, str | None]:
-        """Adjust the StudentConfig; return it with the student's (path, prediction) or Nones
-        to keep the teacher's."""
-        return student_cfg, None, None
 
     def prepare(self, student) -> None:
         """Work before training (e.g. caching couplings); must be resumable."""
@@ -185,6 +232,13 @@ class Method:
         latent teacher's VAE encodes them; identity in pixel space)."""
         b = self.ctx.data.batch(self.draws(gen).randint(0, self.ctx.objects()))
         return dict(b, targets=self.ctx.teacher.encode(b["targets"]))
+
+    def rows(self, gen: torch.Generator | Draws) -> tuple[Draws, Tensor, Tensor]:
+        """The step's draws and this process's rows: target views in model space [B, V, C, h,
+        w] and condition images [B, 3, H, W] (the opening of most ``targets``)."""
+        d = self.draws(gen)
+        b = self.batch(d)
+        return d, b["targets"], b["cond"]
 
     def targets(self, student, gen: torch.Generator | Draws) -> Targets:
         """The step's targets for this process's rows (``gen``: the loop's Draws, or a bare

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distill.methods.base import Method, Targets
+from distill.methods.base import Method, Needs, Targets
 from samplers.paths import ddim_step, interpolate
 from training.ema import EMA
 
@@ -34,6 +34,7 @@ class Consistency(Method):
     name = "consistency"
     sampler = "consistency"
     Config = ConsistencyConfig
+    needs = Needs(prediction="x0", guidance_input=True, boundary=True)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -44,18 +45,11 @@ class Consistency(Method):
             )
         self.target: EMA | None = None  # made in prepare, from the student
 
-    def student_setup(self, student_cfg):
-        student_cfg.boundary = True
-        student_cfg.guidance_input = True
-        return student_cfg, None, "x0"
-
     def prepare(self, student) -> None:
         self.target = EMA(student, self.cfg.ema_target, warmup=False, module=True)
 
     def targets(self, student, gen) -> Targets:
-        d = self.draws(gen)
-        b = self.batch(d)
-        x0, cond = b["targets"], b["cond"]
+        d, x0, cond = self.rows(gen)
         N = self.cfg.grid
         n = d.randint(1, N + 1).float()
         t, t_prev = n / N, (n - 1) / N

@@ -31,10 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.methods.base import Method, Targets, output_as
+from distill.methods.couplings import make_couplings
 from samplers.paths import from_x0_eps, get_path, interpolate
 from samplers.sampling import time_grid
 from training.draws import Draws, as_draws
 from training.processes import average_gradients
+
+COUPLING_BATCH = 64  # regression pairs per cache shard
 
 
 @dataclass
@@ -81,8 +84,9 @@ class DMD2(Method):
         from students.student import Student, StudentConfig
 
         torch.manual_seed(self.cfg.seed)
-        teacher = getattr(self.ctx.teacher, "inner", self.ctx.teacher)  # not the NFE counter
-        self.fake = Student(teacher, StudentConfig(lora_rank=self.cfg.fake_lora_rank)).eval()
+        self.fake = Student(
+            self.ctx.network, StudentConfig(lora_rank=self.cfg.fake_lora_rank)
+        ).eval()
         params = [p for p in self.fake.parameters() if p.requires_grad]
         if self.cfg.gan_weight > 0:
             unet = self.fake.net.unet
@@ -94,17 +98,15 @@ class DMD2(Method):
         self.fake_opt = torch.optim.AdamW(params, lr=self.cfg.fake_lr)
         self._fake_params = params
         if self.cfg.regression_fraction > 0:
-            from distill.methods.reflow import make_couplings
-
             self.pairs = make_couplings(
                 self.ctx.teacher,
                 self.ctx.data,
                 Path(self.ctx.run_dir) / "couplings",
-                self.cfg.couplings,
-                self.cfg.coupling_steps,
-                64,
-                self.cfg.seed,
-                self.ctx.teacher_guidance,
+                count=self.cfg.couplings,
+                steps=self.cfg.coupling_steps,
+                batch=COUPLING_BATCH,
+                seed=self.cfg.seed,
+                guidance=self.ctx.teacher_guidance,
                 objects=self.ctx.objects(),
             )
 

@@ -20,11 +20,10 @@ class Finetune(Method):
     Config = FinetuneConfig
 
     def targets(self, student, gen) -> Targets:
-        d = self.draws(gen)
-        b = self.batch(d)
+        d, x0, cond = self.rows(gen)
         return diffusion_targets(
-            b["targets"],
-            b["cond"],
+            x0,
+            cond,
             self.ctx.path,
             self.ctx.prediction,
             d,

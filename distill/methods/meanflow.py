@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from distill.methods.base import Method, Targets, output_as, row_times
+from distill.methods.base import Method, Needs, Targets, output_as, row_times
 from samplers.paths import from_x0_eps, get_path, interpolate
 from training.draws import Draws
 
@@ -43,15 +43,12 @@ class MeanFlow(Method):
     name = "meanflow"
     sampler = "meanflow"
     Config = MeanFlowConfig
+    needs = Needs(path="linear", prediction="velocity", second_time=True)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         if not 0 <= cfg.r_fraction <= 1:
             raise ValueError(f"method.r_fraction must lie in [0, 1], got {cfg.r_fraction}")
-
-    def student_setup(self, student_cfg):
-        student_cfg.second_time = True
-        return student_cfg, "linear", "velocity"
 
     def times(self, d: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, r) per row with r <= t: two draws sorted, and r = t outside the ``r_fraction``."""
@@ -66,9 +63,7 @@ class MeanFlow(Method):
         return output_as(model, z, t, cond, "velocity", s=r)
 
     def targets(self, student, gen) -> Targets:
-        d = self.draws(gen)
-        b = self.batch(d)
-        x0, cond = b["targets"], b["cond"]
+        d, x0, cond = self.rows(gen)
         lin = get_path("linear")
         # 1. times and the point on the path
         t, r = self.times(d)

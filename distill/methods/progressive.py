@@ -77,9 +77,7 @@ class Progressive(Method):
         self.student = student
 
     def targets(self, student, gen) -> Targets:
-        d = self.draws(gen)
-        b = self.batch(d)
-        x0, cond = b["targets"], b["cond"]
+        d, x0, cond = self.rows(gen)
         n = self.current_steps()
         i = d.randint(1, n + 1).float()
         t, t_mid, t_end = i / n, (i - 0.5) / n, (i - 1) / n

@@ -14,17 +14,14 @@ The couplings are part of the method's cost: they run in ``prepare``, inside the
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
-from distill.methods.base import Method, Targets, row_times
+from distill.methods.base import Method, Needs, Targets, row_times
+from distill.methods.couplings import make_couplings
 from samplers.paths import get_path
-from samplers.sampling import generate
 
 
 @dataclass
@@ -38,65 +35,16 @@ class ReflowConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # without distillation
 
 
-def make_couplings(
-    teacher,
-    data,
-    folder: Path,
-    count: int,
-    steps: int,
-    batch: int,
-    seed: int,
-    guidance: float,
-    progress: bool = True,
-    objects: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Create (or finish) the coupling shards and return them all, in order, on the teacher's
-    device."""
-    folder.mkdir(parents=True, exist_ok=True)
-    n_obj = len(data) if objects is None else objects
-    parts = []
-    bar = tqdm(total=count, desc="reflow couplings", unit="pair", disable=not progress)
-    for first in range(0, count, batch):
-        n = min(batch, count - first)
-        path = folder / f"couplings-{first:06d}-{n:04d}-s{steps}-w{guidance:g}.safetensors"
-        if not path.exists():
-            idx = [(first + i) % n_obj for i in range(n)]
-            seeds = [seed + first + i for i in range(n)]
-            cond = data.batch(idx)["cond"]
-            x1, _ = generate(teacher, cond, steps, seeds, "euler", guidance, decode=False)
-            from samplers.sampling import generators_for, per_sample_noise
-
-            eps = per_sample_noise(teacher.noise_shape(), generators_for(seeds))
-            tmp = path.with_name(path.name + ".tmp")
-            save_file(
-                {
-                    "x1": x1.float().cpu().contiguous(),
-                    "eps": eps.contiguous(),
-                    "index": torch.tensor(idx, device="cpu"),
-                    "seed": torch.tensor(seeds, device="cpu"),
-                },
-                str(tmp),
-            )
-            os.replace(tmp, path)
-        parts.append(load_file(str(path)))
-        bar.update(n)
-    bar.close()
-    device = next(iter(teacher.parameters())).device
-    return {k: torch.cat([p[k] for p in parts]).to(device) for k in parts[0]}
-
-
 class Reflow(Method):
     name = "reflow"
     sampler = "euler"
     Config = ReflowConfig
+    needs = Needs(path="linear", prediction="velocity")
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.pairs = None
         self.step = 0
-
-    def student_setup(self, student_cfg):
-        return student_cfg, "linear", "velocity"
 
     def prepare(self, student) -> None:
         c = self.cfg
@@ -104,11 +52,11 @@ class Reflow(Method):
             self.ctx.teacher,
             self.ctx.data,
             Path(self.ctx.run_dir) / "couplings",
-            c.couplings,
-            c.coupling_steps,
-            c.coupling_batch,
-            c.seed,
-            self.ctx.teacher_guidance,
+            count=c.couplings,
+            steps=c.coupling_steps,
+            batch=c.coupling_batch,
+            seed=c.seed,
+            guidance=self.ctx.teacher_guidance,
             objects=self.ctx.objects(),
         )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distill.methods.base import Method, Targets, output_as, sample_t
+from distill.methods.base import Method, Needs, Targets, output_as, sample_t
 from samplers.paths import from_x0_eps, interpolate
 from training.ema import EMA
 
@@ -36,6 +36,7 @@ class Shortcut(Method):
     name = "shortcut"
     sampler = "shortcut"
     Config = ShortcutConfig
+    needs = Needs(second_time=True)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -48,10 +49,6 @@ class Shortcut(Method):
             )
         self.ema: EMA | None = None  # made in prepare, from the student
 
-    def student_setup(self, student_cfg):
-        student_cfg.second_time = True
-        return student_cfg, None, None
-
     def prepare(self, student) -> None:
         self.ema = EMA(student, self.ctx.ema_decay, self.ctx.ema_warmup, module=True)
 
@@ -59,9 +56,7 @@ class Shortcut(Method):
         return output_as(model, x, t, cond, "velocity", s=d)
 
     def targets(self, student, gen) -> Targets:
-        dr = self.draws(gen)
-        b = self.batch(dr)
-        x0, cond = b["targets"], b["cond"]
+        dr, x0, cond = self.rows(gen)
         bs = x0.shape[0]
         # the first bootstrap_fraction of the global batch bootstraps, the rest follows the flow
         nb_all = int(round(dr.total * self.cfg.bootstrap_fraction))
