@@ -67,8 +67,8 @@ def train_recon(args: list[str]) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = Reconstructor(cfg.recon)
     if cfg.init:
-        start = Reconstructor.load(cfg.init)
-        if start.info.get("world_id") != world_id(cfg.world):
+        start = Reconstructor.from_pretrained(cfg.init)
+        if start.record.get("world_id") != world_id(cfg.world):
             raise ValueError(f"init reconstructor {cfg.init} was trained on another world")
         start_from(model, start, f"init reconstructor {cfg.init}", "recon")
     L = cfg.loss
@@ -107,9 +107,9 @@ def train_recon(args: list[str]) -> Path:
     out = Path(cfg.out or run_dir / "recon")
     if not is_main():  # one process writes the reconstructor
         return out
-    model.save(
+    model.save_pretrained(
         out,
-        meta={
+        record={
             "world_id": world_id(cfg.world),
             "train_config": to_dict(cfg),
             "command": "distill recon train " + " ".join(args),
@@ -131,7 +131,7 @@ def _device(name: str) -> torch.device:
 def recon_test_set(model: Reconstructor, data_root: str, count: int):
     """The first ``count`` test objects for this reconstructor (made with its training world if
     missing): the dataset, whose rig rendered the views, and the batch."""
-    world = model_world(model.info, model.cfg.image_size)
+    world = model_world(model.record, model.cfg.image_size)
     ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
     return ds, ds.batch(list(range(count)))
 
@@ -144,7 +144,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
     from eval.views import write_json
 
     dev = _device(device)
-    model = Reconstructor.load(recon_dir).to(dev)
+    model = Reconstructor.from_pretrained(recon_dir).to(dev)
     ds, b = recon_test_set(model, data_root, count)
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
@@ -242,9 +242,9 @@ def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device:
     from scenes.preview import contact_sheet
 
     dev = _device(device)
-    model = Reconstructor.load(recon_dir).to(dev)
+    model = Reconstructor.from_pretrained(recon_dir).to(dev)
     c = model.cfg
-    world = model_world(model.info, c.image_size)
+    world = model_world(model.record, c.image_size)
     rig = make_rig(world)
     imgs, vm, Ks = read_views(views, c.image_size, c.views, c.rows, rig)
     with torch.inference_mode():

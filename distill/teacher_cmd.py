@@ -80,7 +80,9 @@ def train_teacher(args: list[str]) -> Path:
     torch.manual_seed(cfg.train.seed)
     model = LabTeacher(cfg.teacher)
     if cfg.init:
-        start_from(model, LabTeacher.load(cfg.init), f"init teacher {cfg.init}", "teacher")
+        start_from(
+            model, LabTeacher.from_pretrained(cfg.init), f"init teacher {cfg.init}", "teacher"
+        )
     obj = cfg.objective
 
     def step_fn(m, step, draws):  # on the training device (the loop's): data rows and draws too
@@ -115,8 +117,8 @@ def train_teacher(args: list[str]) -> Path:
         "steps": cfg.train.steps,
         "init": cfg.init,
     }
-    model.save(out, meta=meta)
-    print(f"teacher saved to {out} (weights {LabTeacher.load(out).weights_key()})")
+    model.save_pretrained(out, record=meta)
+    print(f"teacher saved to {out} (weights {LabTeacher.from_pretrained(out).weights_key()})")
     return out
 
 
@@ -168,7 +170,7 @@ def eval_teacher(
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    world = model_world(getattr(model, "meta", {}), model.info.image_size)
+    world = model_world(model.record, model.info.image_size)
     truth, seeds = eval_objects(data_root, split, count, model.info.image_size, world)
     encoder = None
     if encoder_dir and Path(encoder_dir).exists():

@@ -51,6 +51,7 @@ class Reconstructor(nn.Module):
         if cfg.views % cfg.rows:
             raise ValueError(f"recon.views={cfg.views} not divisible by recon.rows={cfg.rows}")
         self.cfg = cfg
+        self.record: dict = {}  # recon.json once saved or loaded: its world, how it was trained
         p = cfg.patch
         self.unet = grid_unet(
             cfg.image_size * cfg.rows // p,
@@ -130,21 +131,23 @@ class Reconstructor(nn.Module):
             colors=colors,
         )
 
-    def save(
-        self, folder: str | Path, meta: dict | None = None, dtype: torch.dtype = torch.float16
+    def save_pretrained(
+        self, folder: str | Path, record: dict | None = None, dtype: torch.dtype = torch.float16
     ) -> None:
-        """Write ``model.safetensors`` (fp16 by default; loading upcasts) and ``recon.json``."""
+        """Write ``model.safetensors`` (fp16 by default; loading upcasts) and ``recon.json``
+        (with ``record``'s entries)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
             {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()},
             folder / "model.safetensors",
         )
-        info = {"kind": "reconstructor", "config": asdict(self.cfg), **(meta or {})}
+        info = {"kind": "reconstructor", "config": asdict(self.cfg), **(record or {})}
         (folder / "recon.json").write_text(json.dumps(info, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path) -> Reconstructor:
+    def from_pretrained(cls, folder: str | Path) -> Reconstructor:
+        """The reconstructor saved in ``folder`` by :meth:`save_pretrained`."""
         folder = Path(folder)
         meta = folder / "recon.json"
         if not meta.exists():
@@ -166,5 +169,9 @@ class Reconstructor(nn.Module):
         except RuntimeError as e:
             msg = str(e).splitlines()[0]
             raise ValueError(f"{wpath}: weights do not match recon.json ({msg})") from e
-        model.info = info
+        model.record = info
         return model.eval()
+
+    # temporary, while eval/ is restructured: the old names
+    load = from_pretrained
+    info = property(lambda self: self.record)

@@ -14,7 +14,7 @@ def model_cameras(model) -> list[tuple[float, float]] | None:
             continue
         if getattr(m, "views", None):
             return [tuple(v) for v in m.views]
-        world = recorded_world(getattr(m, "meta", None))
+        world = recorded_world(getattr(m, "record", None))
         if world is not None:
             return target_views(world)
     return None
@@ -24,7 +24,7 @@ def _named_recon_views(model) -> list[int] | None:
     """The view indices a diffusers teacher's multiview.json names for the reconstructor
     (``recon_views``), for the teacher or a student's teacher; None when it names none."""
     for m in (model, getattr(getattr(model, "student", None), "net", None)):
-        mv = (getattr(m, "meta", None) or {}).get("multiview") if m is not None else None
+        mv = (getattr(m, "record", None) or {}).get("multiview") if m is not None else None
         if mv and "recon_views" in mv:
             return [int(i) for i in mv["recon_views"]]
     return None

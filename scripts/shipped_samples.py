@@ -46,7 +46,7 @@ def compute(data_root: Path) -> dict[str, torch.Tensor]:
 
     torch.set_num_threads(1)
     teacher = load_teacher(SHIPPED / "teacher")
-    world = model_world(teacher.meta, teacher.info.image_size)
+    world = model_world(teacher.record, teacher.info.image_size)
     make_split(data_root, "val", len(SEEDS), world)
     from scenes.data import WorldDataset
 
@@ -59,7 +59,7 @@ def compute(data_root: Path) -> dict[str, torch.Tensor]:
         st = LoadedStudent.from_pretrained(folder, teacher=teacher)
         for steps in st.supported_steps[:2]:
             out[f"{folder.name}@{steps}"], _ = st.sample(cond, steps, SEEDS)
-    recon = Reconstructor.load(SHIPPED / "recon")
+    recon = Reconstructor.from_pretrained(SHIPPED / "recon")
     rig = ds.rig
     g = recon(out["teacher@4"], rig.target_viewmats, rig.K.expand(len(rig.target_viewmats), 3, 3))
     for k in ("means", "quats", "scales", "opacities", "colors"):

@@ -53,7 +53,7 @@ class Pipeline:
         from scenes.rig import make_rig
         from scenes.world import model_world
 
-        info = getattr(recon, "info", {})
+        info = recon.record
         world = model_world(info, recon.cfg.image_size)
         self.recon_views = check_views_fit(model, world, str(folder))  # None: all, in order
         self.rig = make_rig(world)
@@ -90,7 +90,7 @@ class Pipeline:
             model = load_student(folder, teacher=teacher, teacher_dir=teacher_dir, merge=merge_lora)
         else:
             model = load_teacher(folder)
-        recon = Reconstructor.load(reconstructor_dir)
+        recon = Reconstructor.from_pretrained(reconstructor_dir)
         if model.info.image_size != recon.cfg.image_size:
             raise ValueError(
                 f"{folder} makes {model.info.image_size}px views but the reconstructor takes "

@@ -22,7 +22,8 @@ from students import keys
 from students.card import StudentCard, read_card, write_card
 from students.lora import adapter_config_json, merged_copy
 from students.module import Student, StudentConfig, weights_hash_of
-from teachers.base import MultiViewTeacher, file_hash
+from samplers.protocol import file_key
+from teachers.base import MultiViewTeacher
 
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -98,7 +99,7 @@ def folder_weights_key(folder: Path) -> str:
     """Hash of every weights file of the folder (per-step stages included)."""
     h = hashlib.sha256()
     for f in sorted(folder.rglob("*.safetensors")):
-        h.update(f"{f.relative_to(folder)}:{file_hash(f)}".encode())
+        h.update(f"{f.relative_to(folder)}:{file_key(f)}".encode())
     return h.hexdigest()[:16]
 
 

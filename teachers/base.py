@@ -11,7 +11,6 @@ and returns its raw prediction in ``prediction`` parametrization on ``path``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from recon.tiling import tile_views, untile_views  # noqa: F401  (re-exported)
+from samplers.protocol import tensors_key
 
 
 @dataclass
@@ -33,23 +33,6 @@ class TeacherInfo:
     channels: int  # channels per view in model space
     size: int  # view size in model space
     image_size: int  # view size in pixels after decode
-
-
-def weights_hash(module: nn.Module) -> str:
-    """SHA-256 (first 16 hex) of a module's parameters and buffers, in float32, by name."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -105,12 +88,13 @@ class MultiViewTeacher(nn.Module):
     method = "teacher"
     supported_steps: list[int] | None = None  # any step count
     own_sampler: str | None = None  # callers choose the sampler
-    weights_id: str = ""  # file hash of the weights, set when loaded from a folder
+    _weights_key: str = ""  # file key of the weights, set when loaded from a folder
+    record: dict | None = None  # the folder's saved record (teacher.json, multiview.json)
     views: list[tuple[float, float]] | None = None  # (azimuth, elevation) per view, if known
 
     def weights_key(self) -> str:
         """The one hash that identifies these weights (caches, serving, cards)."""
-        return self.weights_id or weights_hash(self)
+        return self._weights_key or tensors_key(self.state_dict())
 
     def sample(
         self,

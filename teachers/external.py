@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from samplers.protocol import file_key
 from teachers.base import (
     MultiViewTeacher,
     TeacherInfo,
-    file_hash,
     load_component,
     read_json,
     tile_views,
@@ -58,12 +58,12 @@ class DiffusersTeacher(MultiViewTeacher):
         image_size: int,
         vae: nn.Module | None = None,
         image_encoder: nn.Module | None = None,
-        weights_id: str = "",
+        weights_key: str = "",
     ):
         super().__init__()
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
         self.rows, self.cols = rows, cols
-        self.weights_id = weights_id
+        self._weights_key = weights_key
         cls_name = scheduler_config.get("_class_name", "")
         self.flow = cls_name in FLOW_SCHEDULERS
         self.num_train_timesteps = int(scheduler_config.get("num_train_timesteps", 1000))
@@ -262,7 +262,7 @@ class DiffusersTeacher(MultiViewTeacher):
         return z.reshape(b, v, *z.shape[1:])
 
     @classmethod
-    def load(
+    def from_pretrained(
         cls,
         folder: str | Path,
         rows: int | None = None,
@@ -317,9 +317,7 @@ class DiffusersTeacher(MultiViewTeacher):
                 ss = ucfg.get("sample_size") or 64
                 ss = ss[0] if isinstance(ss, (list, tuple)) else ss
                 image_size = ss // rows * down
-        model = cls(
-            unet, sched, rows, cols, image_size, vae, enc, file_hash(weights_file(unet_dir))
-        )
+        model = cls(unet, sched, rows, cols, image_size, vae, enc, file_key(weights_file(unet_dir)))
         model.views = views
-        model.meta = {"multiview": mv}
+        model.record = {"multiview": mv}
         return model.eval()

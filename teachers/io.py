@@ -24,11 +24,11 @@ def load_teacher(folder: str | Path) -> MultiViewTeacher:
     if kind == "lab":
         from teachers.lab import LabTeacher
 
-        model = LabTeacher.load(folder)
+        model = LabTeacher.from_pretrained(folder)
     elif kind == "diffusers":
         from teachers.external import DiffusersTeacher
 
-        model = DiffusersTeacher.load(folder)
+        model = DiffusersTeacher.from_pretrained(folder)
     else:
         raise ValueError(f"{meta_path}: unknown teacher kind {kind!r}; valid: lab, diffusers")
     return model.eval()

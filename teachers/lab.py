@@ -16,10 +16,10 @@ from torch import Tensor
 
 from recon.tiling import grid_unet
 from samplers.paths import check_prediction, get_path
+from samplers.protocol import file_key
 from teachers.base import (
     MultiViewTeacher,
     TeacherInfo,
-    file_hash,
     load_component,
     read_json,
     tile_views,
@@ -107,10 +107,10 @@ class LabTeacher(MultiViewTeacher):
         out = self.unet(F.pixel_unshuffle(inp, p), t * TIME_SCALE, class_labels=emb).sample
         return untile_views(F.pixel_shuffle(out, p), rows, cols)
 
-    def save(
-        self, folder: str | Path, dtype: torch.dtype = torch.float16, meta: dict | None = None
+    def save_pretrained(
+        self, folder: str | Path, dtype: torch.dtype = torch.float16, record: dict | None = None
     ):
-        """Write ``unet/`` (diffusers format) and ``teacher.json``."""
+        """Write ``unet/`` (diffusers format) and ``teacher.json`` (with ``record``'s entries)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         unet = self.unet
@@ -119,11 +119,12 @@ class LabTeacher(MultiViewTeacher):
             unet.load_state_dict({k: v.to(dtype) for k, v in self.unet.state_dict().items()})
         unet.save_pretrained(folder / "unet", safe_serialization=True)
         info = {"kind": "lab", "config": asdict(self.cfg), "dtype": str(dtype).split(".")[-1]}
-        info.update(meta or {})
+        info.update(record or {})
         (folder / "teacher.json").write_text(json.dumps(info, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path) -> LabTeacher:
+    def from_pretrained(cls, folder: str | Path) -> LabTeacher:
+        """The lab teacher saved in ``folder`` by :meth:`save_pretrained`."""
         folder = Path(folder)
         info = read_json(folder / "teacher.json", "a lab teacher folder needs teacher.json")
         try:
@@ -132,6 +133,6 @@ class LabTeacher(MultiViewTeacher):
             raise ValueError(f"{folder / 'teacher.json'}: bad 'config' entry ({e})") from e
         unet = load_component(UNet2DModel, folder / "unet")
         model = cls(cfg, unet)
-        model.weights_id = file_hash(weights_file(folder / "unet"))
-        model.meta = info  # teacher.json: how it was trained, on which world
+        model._weights_key = file_key(weights_file(folder / "unet"))
+        model.record = info  # teacher.json: how it was trained, on which world
         return model

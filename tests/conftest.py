@@ -32,7 +32,7 @@ def _tiny_teacher(tmp_path_factory, prediction: str):
         for p in t.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     folder = tmp_path_factory.mktemp("teacher") / "teacher"
-    t.save(folder, dtype=torch.float32)
+    t.save_pretrained(folder, dtype=torch.float32)
     return folder
 
 

@@ -48,7 +48,7 @@ def make_serving(teacher_dir: Path, root: Path) -> Path:
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(root / "recon")
+    ).save_pretrained(root / "recon")
     return root
 
 

@@ -163,7 +163,7 @@ def test_a_grid_that_holds_the_rig_feeds_the_reconstructor_its_views(latent_teac
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(tmp_path / "recon")
+    ).save_pretrained(tmp_path / "recon")
     pipe = Pipeline.from_pretrained(folder, tmp_path / "recon", device="cpu")
     views, g, _ = pipe(torch.zeros(1, 3, 16, 16), steps=1, seed=0)
     assert views.shape[1] == 6 and pipe.recon_views == [2, 0, 3, 5]

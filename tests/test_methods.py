@@ -10,8 +10,8 @@ from tiny_util import smoke_train_args
 
 from distill.methods import METHODS, get_method
 from distill.methods.base import Context
+from distill.methods.couplings import make_couplings
 from distill.methods.progressive import two_step_target
-from distill.methods.reflow import make_couplings
 from samplers.paths import ddim_step, get_path, interpolate, to_x0_eps, velocity
 from samplers.sampling import generate
 from scenes.data import WorldDataset
@@ -253,8 +253,12 @@ def test_progressive_target_makes_one_step_equal_two_teacher_steps(
 def test_reflow_couplings_reproducible(tiny_teacher_dir, tiny_data_root, tmp_path):
     t = load_teacher(tiny_teacher_dir)
     ds = WorldDataset(tiny_data_root, "train")
-    a = make_couplings(t, ds, tmp_path / "a", 5, 2, 3, 100, 1.0, progress=False)
-    b = make_couplings(t, ds, tmp_path / "b", 5, 2, 3, 100, 1.0, progress=False)
+    a = make_couplings(
+        t, ds, tmp_path / "a", count=5, steps=2, batch=3, seed=100, guidance=1.0, progress=False
+    )
+    b = make_couplings(
+        t, ds, tmp_path / "b", count=5, steps=2, batch=3, seed=100, guidance=1.0, progress=False
+    )
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # coupling i is the teacher's sample from noise seed (seed + i)
@@ -263,7 +267,9 @@ def test_reflow_couplings_reproducible(tiny_teacher_dir, tiny_data_root, tmp_pat
     # a finished shard is reused, not recomputed
     first = sorted((tmp_path / "a").glob("*.safetensors"))[0]
     mtime = first.stat().st_mtime_ns
-    make_couplings(t, ds, tmp_path / "a", 5, 2, 3, 100, 1.0, progress=False)
+    make_couplings(
+        t, ds, tmp_path / "a", count=5, steps=2, batch=3, seed=100, guidance=1.0, progress=False
+    )
     assert first.stat().st_mtime_ns == mtime
 
 

@@ -69,19 +69,19 @@ def test_wrong_views_or_cameras_are_clear_errors():
 
 def test_save_load_round_trip_and_corrupt_weights(tmp_path):
     m = _model()
-    m.save(tmp_path / "r", dtype=torch.float32)
-    back = Reconstructor.load(tmp_path / "r")
+    m.save_pretrained(tmp_path / "r", dtype=torch.float32)
+    back = Reconstructor.from_pretrained(tmp_path / "r")
     for (k, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
         assert torch.equal(a, b), k
     (tmp_path / "r" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="model.safetensors: corrupt"):
-        Reconstructor.load(tmp_path / "r")
-    m.save(tmp_path / "s")
+        Reconstructor.from_pretrained(tmp_path / "r")
+    m.save_pretrained(tmp_path / "s")
     info = json.loads((tmp_path / "s" / "recon.json").read_text())
     info["config"]["channels"] = [16, 48]
     (tmp_path / "s" / "recon.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match="weights do not match recon.json"):
-        Reconstructor.load(tmp_path / "s")
+        Reconstructor.from_pretrained(tmp_path / "s")
 
 
 def test_chamfer_and_baseline():
@@ -142,10 +142,13 @@ def test_recon_train_eval_run_cli(tmp_path, capsys):
         "train.lr=0",
         "train.steps=1",
     )
-    first, second = Reconstructor.load(rdir), Reconstructor.load(tmp_path / "run2" / "recon")
+    first, second = (
+        Reconstructor.from_pretrained(rdir),
+        Reconstructor.from_pretrained(tmp_path / "run2" / "recon"),
+    )
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), k
-    assert second.info["init"] == str(rdir)
+    assert second.record["init"] == str(rdir)
     init_args = ["recon", "train", cfg, f"init={rdir}", f"run_dir={tmp_path / 'run3'}"]
     assert main([*init_args, f"data.root={tmp_path / 'd'}", "recon.channels=[24,32]"]) == 2
     assert "has another architecture than recon" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def teacher_world_data(tmp_path_factory):
     from teachers.io import load_teacher
 
     teacher = load_teacher(SHIPPED / "teacher")
-    world = model_world(teacher.meta, teacher.info.image_size)
+    world = model_world(teacher.record, teacher.info.image_size)
     assert world.version == 2
     root = tmp_path_factory.mktemp("world2")
     make_split(root, "test", 64, world)
@@ -45,8 +45,8 @@ def recon_world_data(tmp_path_factory):
     from scenes.data import make_split
     from scenes.world import model_world
 
-    recon = Reconstructor.load(SHIPPED / "recon")
-    world = model_world(recon.info, recon.cfg.image_size)  # version 1
+    recon = Reconstructor.from_pretrained(SHIPPED / "recon")
+    world = model_world(recon.record, recon.cfg.image_size)  # version 1
     root = tmp_path_factory.mktemp("world")
     make_split(root, "test", 64, world)
     return root
@@ -73,7 +73,7 @@ def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
     from scenes.samples import unpack_gaussians
 
     rec = json.loads((ROOT / "docs" / "recon" / "recon_eval.json").read_text())
-    model = Reconstructor.load(SHIPPED / "recon")
+    model = Reconstructor.from_pretrained(SHIPPED / "recon")
     ds, b = recon_test_set(model, recon_world_data, rec["objects"])
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
