@@ -17,7 +17,8 @@ from distill.methods.base import Context, CountingTeacher, student_loss, uncount
 from samplers.paths import get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, recorded_world, world_id
-from students.student import Student, StudentCard, StudentConfig, save_student
+from students.card import StudentCard
+from students.module import Student, StudentConfig
 from teachers.io import load_teacher
 from training.checkpoints import LossLog
 from training.config import TrainConfig
@@ -206,7 +207,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     )
     card.train_config["train_seconds"] = round(seconds, 1)
     (run_dir / "train_cost.json").write_text(json.dumps(card.train_cost, indent=2))
-    save_student(student, out, card, stages=m.stages())
+    student.save_pretrained(out, card, stages=m.stages())
     if cfg.eval_count > 0:
         from distill.student_eval import record_metrics
 

@@ -20,8 +20,8 @@ from torch import Tensor
 
 from recon.gaussians import Gaussians
 from recon.model import Reconstructor
+from students.folder import LoadedStudent
 from students.sampling import sample_views
-from students.student import load_student
 from teachers.io import load_teacher
 
 TEACHER_STEPS = [1, 2, 4, 8, 16, 25, 50]  # step counts a teacher is served at
@@ -87,7 +87,9 @@ class Pipeline:
         )
         folder = Path(model_dir)
         if (folder / "student.json").exists():
-            model = load_student(folder, teacher=teacher, teacher_dir=teacher_dir, merge=merge_lora)
+            model = LoadedStudent.from_pretrained(
+                folder, teacher=teacher, teacher_dir=teacher_dir, merge=merge_lora
+            )
         else:
             model = load_teacher(folder)
         recon = Reconstructor.from_pretrained(reconstructor_dir)

@@ -9,7 +9,6 @@ embeddings), and ``stages/<steps>/`` for methods that train one set of weights p
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,11 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from samplers.protocol import folder_key, tensors_key
 from students import keys
 from students.card import StudentCard, read_card, write_card
 from students.lora import adapter_config_json, merged_copy
-from students.module import Student, StudentConfig, weights_hash_of
-from samplers.protocol import file_key
+from students.module import Student, StudentConfig
 from teachers.base import MultiViewTeacher
 
 ADAPTER_DIR = "adapter"
@@ -50,7 +49,7 @@ def save_folder(
         sub = folder / STAGES_DIR / str(steps)
         write_weights(student, sd, sub, dtype)
         card.stages[str(steps)] = f"{STAGES_DIR}/{steps}"
-    card.weights = weights_hash_of(student.trainable_state())
+    card.weights = tensors_key(student.trainable_state(), torch.float16)
     card.student = asdict(student.cfg)
     card.created = card.created or time.strftime("%Y-%m-%dT%H:%M:%S")
     write_card(folder, card)
@@ -93,14 +92,6 @@ def read_weights(student: Student, folder: Path) -> dict[str, Tensor]:
     except Exception as e:
         raise ValueError(f"{f}: corrupt or unreadable weights file ({e})") from e
     return sd
-
-
-def folder_weights_key(folder: Path) -> str:
-    """Hash of every weights file of the folder (per-step stages included)."""
-    h = hashlib.sha256()
-    for f in sorted(folder.rglob("*.safetensors")):
-        h.update(f"{f.relative_to(folder)}:{file_key(f)}".encode())
-    return h.hexdigest()[:16]
 
 
 class LoadedStudent(nn.Module):
@@ -195,7 +186,7 @@ class LoadedStudent(nn.Module):
 
     def weights_key(self) -> str:
         """Hash of every weights file of the folder (per-step stages included)."""
-        return folder_weights_key(self.folder)
+        return folder_key(self.folder)
 
     @torch.no_grad()
     def sample(

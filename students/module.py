@@ -11,7 +11,6 @@ plus what a method needs.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,9 +173,6 @@ class Student(nn.Module):
             if mod is not None:
                 mod.load_state_dict({k: v.float() for k, v in keys.split(name, sd).items()})
 
-    def weights_id(self) -> str:
-        return weights_hash_of(self.trainable_state())
-
     def save_pretrained(
         self,
         folder: str | Path,
@@ -189,12 +185,3 @@ class Student(nn.Module):
         from students.folder import save_folder
 
         return save_folder(self, folder, card, stages, dtype)
-
-
-def weights_hash_of(sd: dict[str, Tensor]) -> str:
-    """Hash of a state dict's keys and float16 values."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode())
-        h.update(sd[k].detach().to(torch.float16).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

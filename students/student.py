@@ -13,7 +13,6 @@ from students.module import (
     StudentConfig,
     ZeroEmbed,
     sinusoidal,
-    weights_hash_of,
 )
 
 load_student = LoadedStudent.from_pretrained
@@ -33,5 +32,4 @@ __all__ = [
     "read_card",
     "save_student",
     "sinusoidal",
-    "weights_hash_of",
 ]

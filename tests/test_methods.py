@@ -304,7 +304,7 @@ def test_student_folder_round_trip_and_teacher_mismatch(tiny_teacher_dir, tmp_pa
     other = load_teacher(tiny_teacher_dir)
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
-    other.weights_id = "0123456789abcdef"
+    other._weights_key = ""  # weights changed in memory: the key comes from the tensors
     with pytest.raises(ValueError, match="was made from teacher weights"):
         LoadedStudent.from_pretrained(tmp_path / "st", teacher=other)
 

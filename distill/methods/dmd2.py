@@ -81,7 +81,7 @@ class DMD2(Method):
         self.pairs = None  # teacher ODE pairs, when the regression part is on
 
     def prepare(self, student) -> None:
-        from students.student import Student, StudentConfig
+        from students.module import Student, StudentConfig
 
         torch.manual_seed(self.cfg.seed)
         self.fake = Student(
