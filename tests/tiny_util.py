@@ -60,3 +60,55 @@ def tiny_vae() -> AutoencoderKL:
         norm_num_groups=4,
         sample_size=16,
     )
+
+
+def tiny_recon(image_size: int = 16, seed: int | None = None):
+    """A tiny lab reconstructor (random weights) for views of ``image_size`` px."""
+    from recon.model import ReconConfig, Reconstructor
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    cfg = ReconConfig(
+        image_size=image_size, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
+    )
+    return Reconstructor(cfg)
+
+
+# what each method's hand-built student needs, its card's sampler and step counts
+CARD_KINDS = {
+    "shortcut": ({"second_time": True}, "shortcut", [1, 2]),
+    "consistency": ({"boundary": True}, "consistency", [1, 2, 4]),
+}
+
+
+def student_card(student, teacher_dir: Path, method: str = "shortcut", **kw):
+    """A hand-built card for ``student`` (a tiny student of the lab teacher in ``teacher_dir``)."""
+    from students.card import StudentCard
+
+    _, sampler, steps = CARD_KINDS[method]
+    fields = dict(
+        method=method,
+        teacher_dir=str(teacher_dir),
+        teacher_weights=student.teacher_weights,
+        teacher_kind="lab",
+        path=student.path_name,
+        prediction=student.prediction,
+        sampler=sampler,
+        steps=steps,
+    )
+    return StudentCard(**{**fields, **kw})
+
+
+def tiny_student(teacher, method: str = "shortcut", noise: float = 0.0, **cfg):
+    """A student of ``teacher`` built as ``method``'s (its inputs switched on), its trainable
+    weights moved by ``noise`` x N(0, 1) so that it differs from the teacher."""
+    from students.module import Student, StudentConfig
+
+    needs, _, _ = CARD_KINDS[method]
+    s = Student(teacher, StudentConfig(**{**needs, **cfg}))
+    if noise:
+        with torch.no_grad():
+            for p in s.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * noise)
+    return s
