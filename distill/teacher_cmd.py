@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
-from distill.methods.base import diffusion_targets, regression_loss
-from samplers.paths import convert, get_path
+from distill.methods.base import diffusion_targets, in_velocity, regression_loss
+from samplers.paths import get_path
 from scenes.data import open_split
 from scenes.world import WorldConfig, world_id
 from teachers.lab import LabTeacher, LabTeacherConfig
@@ -45,17 +45,6 @@ class TeacherTrainConfig:
 
 
 LOSS_SPACES = ("prediction", "velocity")
-
-
-def in_velocity(path, prediction: str, tg, out, t_min: float):
-    """The output and target of a ``prediction`` network as velocities, converted at
-    max(t, t_min): for an x0 network on the linear path the loss becomes |x0 error|^2 / t^2."""
-    t = tg.t.clamp(min=t_min)
-    x_t = tg.x_t
-    return (
-        convert(path, out, x_t, t, prediction, "velocity"),
-        convert(path, tg.target, x_t, t, prediction, "velocity"),
-    )
 
 
 def train_teacher(args: list[str]) -> Path:

@@ -623,8 +623,7 @@ def test_merged_lora_student_matches_and_drops_the_adapters(tiny_teacher_dir, tm
 def test_teacher_velocity_loss_of_an_x0_network_is_x0_error_over_t_squared():
     """objective.loss_space=velocity: for an x0 network on the linear path the regressed
     difference is (x0_hat - x0) / max(t, t_min), so the loss is |x0 error|^2 / max(t, t_min)^2."""
-    from distill.methods.base import Targets
-    from distill.teacher_cmd import in_velocity
+    from distill.methods.base import Targets, in_velocity
 
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(3, 4, 3, 8, 8, generator=g), torch.randn(3, 4, 3, 8, 8, generator=g)

@@ -138,6 +138,17 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
     return terms
 
 
+def in_velocity(path, prediction: str, tg, out, t_min: float):
+    """The output and target of a ``prediction`` network as velocities, converted at
+    max(t, t_min): for an x0 network on the linear path the loss becomes |x0 error|^2 / t^2."""
+    t = tg.t.clamp(min=t_min)
+    x_t = tg.x_t
+    return (
+        convert(path, out, x_t, t, prediction, "velocity"),
+        convert(path, tg.target, x_t, t, prediction, "velocity"),
+    )
+
+
 def student_loss(model, student, tg: Targets) -> dict[str, Tensor]:
     """The student's loss terms on ``tg``: ``model`` (the student, or the loop's wrapper of it)
     called with the extra inputs the targets carry, its output converted to the targets' space
