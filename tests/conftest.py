@@ -63,6 +63,6 @@ def tiny_data_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serving(tiny_teacher_dir, tmp_path_factory):
     """Two tiny students of the tiny teacher and a tiny reconstructor (see serve_util)."""
-    from serve_util import make_serving
+    from tiny_util import make_serving
 
     return make_serving(tiny_teacher_dir, tmp_path_factory.mktemp("serve"))

@@ -9,47 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import uvicorn
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from recon.model import ReconConfig, Reconstructor
 from serve.app import ServeConfig, create_app
 from serve.listen import uvicorn_config
-from students.card import StudentCard
-from students.module import Student, StudentConfig
-from teachers.io import load_teacher
-
-
-def make_serving(teacher_dir: Path, root: Path) -> Path:
-    """Two tiny students of the tiny teacher (different weights) and a tiny reconstructor."""
-    t = load_teacher(teacher_dir)
-    for k, (method, steps) in enumerate([("shortcut", [1, 2]), ("consistency", [1, 2, 4])]):
-        torch.manual_seed(10 + k)
-        cfg = StudentConfig(second_time=method == "shortcut", boundary=method == "consistency")
-        s = Student(t, cfg)
-        with torch.no_grad():
-            for p in s.parameters():
-                p.add_(torch.randn_like(p) * 0.01)
-        card = StudentCard(
-            method=method,
-            teacher_dir=str(teacher_dir),
-            teacher_weights=s.teacher_weights,
-            teacher_kind="lab",
-            path=s.path_name,
-            prediction=s.prediction,
-            sampler="shortcut" if method == "shortcut" else "consistency",
-            steps=steps,
-        )
-        s.save_pretrained(root / "students" / method, card)
-    torch.manual_seed(0)
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(root / "recon")
-    return root
 
 
 def png(size: int = 16, seed: int = 0) -> bytes:

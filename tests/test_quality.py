@@ -175,7 +175,7 @@ def test_calibrate_cli_smoke(tmp_path):
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(tmp_path / "recon")
+    ).save_pretrained(tmp_path / "recon")
     FeatureEncoder(width=8).save(tmp_path / "encoder", {})
     r = subprocess.run(
         [
@@ -306,7 +306,7 @@ def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(tmp_path / "recon")
+    ).save_pretrained(tmp_path / "recon")
     FeatureEncoder(width=8).save(tmp_path / "encoder", {})
     make_split(tmp_path / "d1", "test", 2, WorldConfig(version=1, image_size=16, gaussians=64))
     cfg = CalibrateConfig(

@@ -40,7 +40,7 @@ def sweep_assets(tiny_teacher_dir, tmp_path_factory):
         ReconConfig(
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(root / "recon")
+    ).save_pretrained(root / "recon")
     FeatureEncoder(width=8).save(root / "encoder", {})
     return root
 
@@ -186,7 +186,7 @@ def test_reconstructor_of_another_size_is_refused(sweep_assets, tiny_data_root, 
         ReconConfig(
             image_size=8, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
-    ).save(tmp_path / "recon8")
+    ).save_pretrained(tmp_path / "recon8")
     with pytest.raises(ValueError, match=r"works at 8px, teacher .* at 16px"):
         Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, recon=str(tmp_path / "recon8")))
 
@@ -306,3 +306,43 @@ def test_report_names_a_best_student_only_when_resolved():
     ]
     (line,) = match_lines(rows, ["fid"], "teacher@50")
     assert "match teacher@50: a; worse: b; better: c" in line  # FID: lower is better
+
+
+def test_cell_key_is_stable_so_cached_cells_are_found():
+    from eval.cells import cell_key
+
+    class Model:
+        def weights_key(self):
+            return "abc123"
+
+    hashes = {
+        "teacher": "t",
+        "recon": "r",
+        "encoder": "e",
+        "world": "w",
+        "split": "test",
+        "seeds": "s",
+        "axis": 2,
+        "reference_steps": 50,
+        "lpips": False,
+    }
+    # recorded before the sweep was split into cells/verdicts/results: a changed key would
+    # orphan every cached cell (docs/sweep/cells)
+    assert cell_key(hashes, Model(), "euler", 4, 1.0, 32) == "1f3ae11eb3dc99db"
+
+
+def test_verdicts_name_the_best_only_against_a_resolved_runner_up():
+    from eval.verdicts import verdicts
+
+    rows = [
+        {"model": m, "method": "x", "sampler": "euler", "steps": 1, "fid": f}
+        for m, f in (("a", 1.0), ("b", 2.0), ("c", 5.0))
+    ] + [{"model": "t", "method": "teacher", "sampler": "euler", "steps": 1, "fid": 0.0}]
+    pers = {(r["model"], "euler", 1): r["fid"] for r in rows}
+
+    def paired(x, y):  # difference x - y with a fixed half-width of 1.5
+        return {"fid_diff": x - y, "fid_diff_ci95": 1.5}
+
+    (v,) = verdicts(rows, pers, ["fid"], paired)
+    assert v["best"] == "a" and v["runner_up"] == "b" and not v["best_resolved"]
+    assert v["tied"] == ["a", "b"]  # c is 4 worse: resolved; the teacher is not a candidate

@@ -12,6 +12,17 @@ from diffusers import AutoencoderKL, UNet2DModel
 from distill.methods import SMOKE_SETTINGS
 
 METHOD_SMOKE = SMOKE_SETTINGS  # per method: settings small enough for two updates
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def student_inputs(b: int = 2, seed: int = 0):
+    """(x_t [b, 4, 3, 16, 16], t [b] in (0.05, 0.95), cond [b, 3, 16, 16]) for the tiny teacher."""
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, 4, 3, 16, 16, generator=g),
+        torch.rand(b, generator=g) * 0.9 + 0.05,
+        torch.rand(b, 3, 16, 16, generator=g) * 2 - 1,
+    )
 
 
 def smoke_train_args(
@@ -112,3 +123,16 @@ def tiny_student(teacher, method: str = "shortcut", noise: float = 0.0, **cfg):
                 if p.requires_grad:
                     p.add_(torch.randn_like(p) * noise)
     return s
+
+
+def make_serving(teacher_dir: Path, root: Path) -> Path:
+    """Two tiny students of the tiny teacher (different weights) and a tiny reconstructor."""
+    from teachers.io import load_teacher
+
+    t = load_teacher(teacher_dir)
+    for k, method in enumerate(["shortcut", "consistency"]):
+        torch.manual_seed(10 + k)
+        s = tiny_student(t, method, noise=0.01)
+        s.save_pretrained(root / "students" / method, student_card(s, teacher_dir, method))
+    tiny_recon(16, seed=0).save_pretrained(root / "recon")
+    return root

@@ -4,11 +4,10 @@ side of the contract."""
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
-from tiny_util import smoke_train_args
+from tiny_util import ROOT, smoke_train_args
 
 from distill.methods import METHODS
 from scenes.data import WorldDataset
@@ -18,7 +17,6 @@ from training.draws import Draws, step_generator
 from training.loop import train
 from training.processes import train_device
 
-ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

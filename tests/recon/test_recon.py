@@ -1,12 +1,12 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_util import ROOT
 
 from distill.cli import main
 from eval.geometry import chamfer
@@ -17,7 +17,6 @@ from scenes.rig import make_rig
 from scenes.samples import make_samples
 from scenes.world import WorldConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8)
 
 

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_util import smoke_train_args
-
-ROOT = Path(__file__).resolve().parents[1]
+from tiny_util import ROOT, smoke_train_args
 
 
 def _port() -> int:

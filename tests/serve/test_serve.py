@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_util import png as _png
 from serve_util import samples, serve_config
+from tiny_util import ROOT
 
 from recon.gaussians import load_ply
 from serve import registry
@@ -27,7 +27,6 @@ from serve.budget import LatencyModel
 from serve.metrics import ServeMetrics
 from serve.pipeline import Pipeline, encode_png
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG = {"content-type": "image/png"}
 
 

@@ -5,18 +5,16 @@ the student samples decoded views."""
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from tiny_util import smoke_train_args, tiny_vae
+from tiny_util import ROOT, smoke_train_args, tiny_vae
 
 from distill.methods import METHODS
 from students.folder import LoadedStudent
 from teachers.io import load_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
 AZIMUTHS = [30.0, 90.0, 150.0, 210.0, 270.0, 330.0]
 ELEVATIONS = [20.0, -10.0, 20.0, -10.0, 20.0, -10.0]
 

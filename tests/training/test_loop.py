@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_util import ROOT
 
 from teachers.io import load_teacher
 from training.checkpoints import start_from
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "teacher" / "tiny.yaml")
 
 

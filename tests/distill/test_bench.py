@@ -1,0 +1,45 @@
+"""`distill bench lora` end to end on a tiny LoRA student (the speed figures themselves are the
+benchmark's, not a test's)."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from tiny_util import ROOT, student_card, tiny_student
+
+from teachers.io import load_teacher
+
+
+def test_bench_lora_cli_reports_merged_and_unmerged_calls(tiny_teacher_dir, tmp_path):
+    t = load_teacher(tiny_teacher_dir)
+    torch.manual_seed(3)
+    s = tiny_student(t, "shortcut", lora_rank=4)
+    with torch.no_grad():  # non-zero adapters (LoRA's B starts at zero)
+        for n, p in s.named_parameters():
+            if "lora_" in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    s.save_pretrained(tmp_path / "st", student_card(s, tiny_teacher_dir), dtype=torch.float32)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill.cli",
+            "bench",
+            "lora",
+            "--student",
+            str(tmp_path / "st"),
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "lora.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / "lora.json").read_text())
+    assert rep["max_abs_output_difference"] < 1e-4 and rep["merged_over_teacher"] > 0
+    assert set(rep["call_ms"]) == {"teacher", "student_unmerged", "student_merged"}
