@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distill.config import DATA_ROOT, ConfigError
+from distill.config import ConfigError
+from scenes.data import DATA_ROOT
 
 CONFIG_HELP = "config files (*.yaml) and key=value overrides, applied in order"
 

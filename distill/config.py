@@ -9,12 +9,9 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from scenes.data import DATA_ROOT
+
 T = TypeVar("T")
-
-
-# where the default world's data lives (version 2; data/world holds version 1, on which the
-# first teacher, the reconstructor and the feature encoder were trained)
-DATA_ROOT = "data/world2"
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.config import DATA_ROOT, load_config
-from scenes.data import make_split
+from distill.config import load_config
+from scenes.data import DATA_ROOT, make_split
 from scenes.preview import contact_sheet
 from scenes.rig import make_rig
 from scenes.samples import make_samples

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from distill import data_cmd
-from distill.config import DATA_ROOT
+from scenes.data import DATA_ROOT
 
 SHIPPED = Path("shipped")
 

@@ -19,6 +19,9 @@ from scenes.rig import Rig, make_rig
 from scenes.samples import make_samples
 from scenes.world import WORLD_VERSIONS, WorldConfig, split_seed, world_config, world_id
 
+# where the default world's data lives (version 2; data/world holds version 1, on which the
+# first teacher, the reconstructor and the feature encoder were trained)
+DATA_ROOT = "data/world2"
 SHARD_SIZE = 250  # objects per shard
 IMAGE_KEYS = ("cond", "targets", "heldout")
 

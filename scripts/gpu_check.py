@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from distill.config import DATA_ROOT  # noqa: E402
+from scenes.data import DATA_ROOT  # noqa: E402
 
 
 def _methods(args, out: Path, dev: torch.device) -> list[dict]:

@@ -32,7 +32,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from distill.config import DATA_ROOT  # noqa: E402
+from scenes.data import DATA_ROOT  # noqa: E402
 
 
 def free_port() -> int:
