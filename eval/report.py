@@ -7,14 +7,8 @@ from __future__ import annotations
 import math
 
 from eval.stats import excludes_zero
+from eval.verdicts import VERDICT_METRICS
 
-# metrics that may decide a verdict (if the calibration passes them), higher is better?
-VERDICT_METRICS = {
-    "seen_psnr": True,
-    "fid": False,
-    "unseen_dist": False,
-    "consistency_psnr": True,
-}
 PAIRED_COLUMNS = ("seen_psnr", "sharpness", "fid", "unseen_dist")
 
 
@@ -95,7 +89,7 @@ def amortised(rows: list[dict], reference_steps: int = 50) -> tuple[str, list[st
 
 
 def verdict_lines(verdicts: list[dict]) -> list[str]:
-    """Text of the best-student verdicts computed by the sweep (eval/sweep.py)."""
+    """Text of the best-student verdicts computed by the sweep (eval/verdicts.py)."""
     lines = []
     for v in verdicts:
         head = f"- {v['steps']} step{'s' if v['steps'] > 1 else ''}, {v['metric']}: "

@@ -1,4 +1,5 @@
-"""Latency: median of repeated runs after warm-up, CUDA-synchronised on a GPU."""
+"""Latency: median of repeated runs after warm-up, CUDA-synchronised on a GPU, and the stage costs
+of one image -> views -> Gaussians pipeline (a sweep cell)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,54 @@ def git_commit() -> str:
         return rev + ("+uncommitted" if dirty else "")
     except Exception:
         return "unknown"
+
+
+def pipeline_cost(
+    generate: Callable[[torch.Tensor, list[int]], torch.Tensor],
+    reconstruct: Callable[[torch.Tensor], object],
+    render: Callable[[object], object],
+    cond: torch.Tensor,
+    seeds: list[int],
+    batch: int,
+    device: torch.device,
+    repeats: int,
+) -> dict:
+    """Stage latencies at batch 1 (median after warm-up), throughput at ``batch``, memory.
+    ``generate(cond, seeds)`` gives views, ``reconstruct(views)`` Gaussians, ``render(g)``
+    the evaluation views."""
+    c1, s1 = cond[:1].to(device), seeds[:1]
+    views = generate(c1, s1)
+    g = reconstruct(views)
+    diff = time_ms(lambda: generate(c1, s1), device, repeats=repeats)
+    rec = time_ms(lambda: reconstruct(views), device, repeats=repeats)
+    ren = time_ms(lambda: render(g), device, repeats=repeats)
+    cb = cond[:batch].to(device)
+    sb = seeds[:batch]
+
+    def pipeline():
+        reconstruct(generate(cb, sb))
+
+    with torch.inference_mode():
+        pipeline()  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        with RssPeak() as rss:
+            t0 = time.perf_counter()
+            pipeline()
+            sync(device)
+            dt = time.perf_counter() - t0
+    mem = peak_memory_mb(device)
+    return {
+        "diffusion_ms": diff,
+        "recon_ms": rec,
+        "total_ms": diff + rec,  # what a user waits for: image -> views -> Gaussians
+        "render_ms": ren,  # rendering the evaluation views, reported on its own
+        "throughput_per_s": cb.shape[0] / dt,
+        "throughput_batch": int(cb.shape[0]),
+        "peak_mem_mb": mem if mem is not None else (rss.peak - rss.base) / 2**20,
+        "peak_mem_kind": "cuda max allocated"
+        if mem is not None
+        else "cpu resident set growth during the batch run",
+        "device": device_name(device),
+    }
