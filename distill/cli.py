@@ -17,14 +17,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="*", metavar="CONFIG|KEY=VALUE", help=CONFIG_HELP)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="distill",
-        description="Diffusion step-reduction and distillation lab: image -> views -> Gaussians.",
-    )
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-
-    # data
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="make and inspect the procedural world's datasets")
     dsub = data.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = dsub.add_parser("make", help="render a split of the world into safetensors shards")
@@ -37,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sheet.png", help="output PNG")
     _add_config(p)
 
-    # bench
+
+def _add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print and save their figures")
     bsub = bench.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = bsub.add_parser("render", help="tile rasterizer vs dense reference, forward and backward")
@@ -52,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     p.add_argument("--out", default="runs/bench/lora.json", help="output JSON")
 
-    # teacher
+
+def _add_teacher(sub) -> None:
     teacher = sub.add_parser("teacher", help="train, sample and evaluate the multi-view teacher")
     tsub = teacher.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = tsub.add_parser("train", help="train the lab teacher (resumes a killed run)")
@@ -72,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split")
     p.add_argument("--out", default="runs/teacher_eval", help="output folder")
 
-    # recon
+
+def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
+    p.add_argument("--sampler", default="euler", help="euler | heun | ddim | dpmpp")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
+
+
+def _add_recon(sub) -> None:
     recon = sub.add_parser("recon", help="train, evaluate and run the Gaussian reconstructor")
     rsub = recon.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = rsub.add_parser("train", help="train the reconstructor (resumes a killed run)")
@@ -94,19 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renders", default=None, help="optional contact sheet PNG of renders")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
-    # encoder
+
+def _add_encoder_metrics(sub) -> None:
     enc = sub.add_parser("encoder", help="the in-domain feature encoder for FID/KID")
     esub = enc.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = esub.add_parser("train", help="train the feature encoder on world views")
     _add_config(p)
 
-    # metrics
     met = sub.add_parser("metrics", help="the quality axis: calibrate its metrics")
     msub = met.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     p = msub.add_parser("calibrate", help="controlled degradations of true views -> calibration")
     _add_config(p)
 
-    # distillation
+
+def _add_students(sub) -> None:
     from distill.methods import METHODS
 
     p = sub.add_parser("train", help="distill the teacher into a student with one method")
@@ -132,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
 
-    # sweep
+
+def _add_sweep_serve_demo(sub) -> None:
     p = sub.add_parser("sweep", help="end-to-end steps vs quality vs latency, Pareto plot, report")
     p.add_argument("--models", default=None, help="comma-separated: teacher and/or student dirs")
     p.add_argument("--steps", default=None, help="comma-separated step counts")
@@ -145,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p)
 
-    # serve
     p = sub.add_parser("serve", help="HTTP service: image -> views + Gaussians, hot-swap students")
     p.add_argument("--students", default=None, help="folder of student folders")
     p.add_argument("--reconstructor", default=None, help="reconstructor folder")
@@ -153,18 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     _add_config(p)
 
-    # demo
     p = sub.add_parser("demo", help="the main job: a short end-to-end run on the shipped defaults")
     p.add_argument("--out", default="runs/demo", help="output folder")
     _add_config(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="distill",
+        description="Diffusion step-reduction and distillation lab: image -> views -> Gaussians.",
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for add in (
+        _add_data,
+        _add_bench,
+        _add_teacher,
+        _add_recon,
+        _add_encoder_metrics,
+        _add_students,
+        _add_sweep_serve_demo,
+    ):
+        add(sub)
     return ap
-
-
-def _add_teacher_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", default="shipped/teacher", help="teacher folder")
-    p.add_argument("--sampler", default="euler", help="euler | heun | ddim | dpmpp")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--data-root", default=DATA_ROOT, help="dataset root (test split)")
 
 
 def _steps(text: str) -> list[int]:
@@ -181,120 +195,162 @@ def _root_arg(args: argparse.Namespace) -> list[str]:
     return [f"root={args.root}"] if getattr(args, "root", None) else []
 
 
-def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.cmd == "data":
-        from distill import data_cmd
+def _data(args: argparse.Namespace) -> None:
+    from distill import data_cmd
 
-        if args.sub == "make":
-            data_cmd.make(args.split, args.count, _root_arg(args) + args.config)
-        else:
-            data_cmd.show(args.seed, args.out, args.config)
-    elif args.cmd == "bench" and args.sub == "lora":
+    if args.sub == "make":
+        data_cmd.make(args.split, args.count, _root_arg(args) + args.config)
+    else:
+        data_cmd.show(args.seed, args.out, args.config)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    if args.sub == "lora":
         from distill.bench_lora import bench_lora
 
         bench_lora(args.student, args.out, repeats=args.repeats)
-    elif args.cmd == "bench":
-        from distill.bench import bench_render
+        return
+    from distill.bench import bench_render
 
-        cases = [(256, 4, 16)] if args.quick else None
-        bench_render(args.out, repeats=args.repeats, cases=cases)
-    elif args.cmd == "teacher":
-        from distill import teacher_cmd
+    cases = [(256, 4, 16)] if args.quick else None
+    bench_render(args.out, repeats=args.repeats, cases=cases)
 
-        if args.sub == "train":
-            teacher_cmd.train_teacher(args.config)
-        elif args.sub == "sample":
-            teacher_cmd.sample_teacher(
-                args.teacher,
-                args.steps,
-                args.sampler,
-                args.seed,
-                args.out,
-                args.count,
-                args.guidance,
-                args.data_root,
-            )
-        else:
-            teacher_cmd.eval_teacher(
-                args.teacher,
-                _steps(args.steps),
-                args.sampler,
-                args.count,
-                args.guidance,
-                args.out,
-                args.data_root,
-                split=args.split,
-            )
-    elif args.cmd == "recon":
-        from distill import recon_cmd
 
-        if args.sub == "train":
-            recon_cmd.train_recon(args.config)
-        elif args.sub == "eval":
-            recon_cmd.eval_recon(args.recon, args.count, args.out, args.data_root, args.device)
-        else:
-            recon_cmd.run_recon(args.recon, args.views, args.out, args.renders, args.device)
-    elif args.cmd == "encoder":
-        from distill.encoder_cmd import train_encoder
+def _teacher(args: argparse.Namespace) -> None:
+    from distill import teacher_cmd
 
-        train_encoder(args.config)
-    elif args.cmd == "metrics":
-        from distill.config import load_config
-        from eval.calibrate import CalibrateConfig, calibrate
-
-        calibrate(load_config(CalibrateConfig, args.config))
-    elif args.cmd == "train":
-        from distill.train_cmd import train_student
-
-        train_student(args.method, args.config, args.teacher)
-    elif args.cmd == "sample":
-        from distill.student_eval import sample_student
-
-        sample_student(
-            args.student, args.steps, args.seed, args.count, args.out, args.data_root, args.teacher
-        )
-    elif args.cmd == "compare":
-        from distill.student_eval import compare
-
-        compare(
-            [s for s in args.students.split(",") if s],
-            _steps(args.steps),
-            args.count,
-            args.data_root,
-            args.out,
+    if args.sub == "train":
+        teacher_cmd.train_teacher(args.config)
+    elif args.sub == "sample":
+        teacher_cmd.sample_teacher(
             args.teacher,
+            args.steps,
+            args.sampler,
+            args.seed,
+            args.out,
+            args.count,
             args.guidance,
+            args.data_root,
         )
-    elif args.cmd == "sweep":
-        from distill.config import load_config
-        from eval.sweep import Sweep, SweepConfig
+    else:
+        teacher_cmd.eval_teacher(
+            args.teacher,
+            _steps(args.steps),
+            args.sampler,
+            args.count,
+            args.guidance,
+            args.out,
+            args.data_root,
+            split=args.split,
+        )
 
-        flags = []
-        if args.models:
-            flags.append(f"models=[{','.join(args.models.split(','))}]")
-        if args.steps:
-            flags.append(f"steps=[{','.join(str(s) for s in _steps(args.steps))}]")
-        if args.samplers:
-            flags.append(f"samplers=[{args.samplers}]")
-        if args.out:
-            flags.append(f"out={args.out}")
-        if args.skip_unsupported:
-            flags.append("skip_unsupported=true")
-        cfg = load_config(SweepConfig, args.config + flags)
-        Sweep(cfg).run()
-    elif args.cmd == "serve":
-        from distill.config import load_config
-        from serve.app import ServeConfig
-        from serve.listen import serve
 
-        flags = [f"students={args.students}"] if args.students else []
-        flags += [f"reconstructor={args.reconstructor}"] if args.reconstructor else []
-        serve(load_config(ServeConfig, args.config + flags), args.host, args.port)
-    elif args.cmd == "demo":
-        from distill.demo import demo
+def _recon(args: argparse.Namespace) -> None:
+    from distill import recon_cmd
 
-        demo(args.out, args.config)
+    if args.sub == "train":
+        recon_cmd.train_recon(args.config)
+    elif args.sub == "eval":
+        recon_cmd.eval_recon(args.recon, args.count, args.out, args.data_root, args.device)
+    else:
+        recon_cmd.run_recon(args.recon, args.views, args.out, args.renders, args.device)
+
+
+def _encoder(args: argparse.Namespace) -> None:
+    from distill.encoder_cmd import train_encoder
+
+    train_encoder(args.config)
+
+
+def _metrics(args: argparse.Namespace) -> None:
+    from distill.config import load_config
+    from eval.calibrate import CalibrateConfig, calibrate
+
+    calibrate(load_config(CalibrateConfig, args.config))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from distill.train_cmd import train_student
+
+    train_student(args.method, args.config, args.teacher)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from distill.student_eval import sample_student
+
+    sample_student(
+        args.student, args.steps, args.seed, args.count, args.out, args.data_root, args.teacher
+    )
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from distill.student_eval import compare
+
+    compare(
+        [s for s in args.students.split(",") if s],
+        _steps(args.steps),
+        args.count,
+        args.data_root,
+        args.out,
+        args.teacher,
+        args.guidance,
+    )
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from distill.config import load_config
+    from eval.sweep import Sweep, SweepConfig
+
+    flags = []
+    if args.models:
+        flags.append(f"models=[{','.join(args.models.split(','))}]")
+    if args.steps:
+        flags.append(f"steps=[{','.join(str(s) for s in _steps(args.steps))}]")
+    if args.samplers:
+        flags.append(f"samplers=[{args.samplers}]")
+    if args.out:
+        flags.append(f"out={args.out}")
+    if args.skip_unsupported:
+        flags.append("skip_unsupported=true")
+    cfg = load_config(SweepConfig, args.config + flags)
+    Sweep(cfg).run()
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from distill.config import load_config
+    from serve.app import ServeConfig
+    from serve.listen import serve
+
+    flags = [f"students={args.students}"] if args.students else []
+    flags += [f"reconstructor={args.reconstructor}"] if args.reconstructor else []
+    serve(load_config(ServeConfig, args.config + flags), args.host, args.port)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from distill.demo import demo
+
+    demo(args.out, args.config)
+
+
+COMMANDS = {
+    "data": _data,
+    "bench": _bench,
+    "teacher": _teacher,
+    "recon": _recon,
+    "encoder": _encoder,
+    "metrics": _metrics,
+    "train": _train,
+    "sample": _sample,
+    "compare": _compare,
+    "sweep": _sweep,
+    "serve": _serve,
+    "demo": _demo,
+}  # command -> its handler
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    COMMANDS[args.cmd](args)
     return 0
 
 
