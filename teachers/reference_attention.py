@@ -1,0 +1,112 @@
+"""Reference attention as diffusers attention processors (Zero123++'s "reference-only" attention).
+
+One denoiser call runs the UNet twice at the same timestep:
+  1. the reference pass: the condition latent (noised to the same time) runs through the UNet,
+     and every self-attention layer (``attn1``) records its input hidden states;
+  2. the main pass: every self-attention layer appends the recorded states to its own as extra
+     keys and values (queries stay the main pass's own), so the views attend to the condition.
+With the bank off, the processors pass straight through: the UNet is the plain UNet.
+
+Facts read from SUDO-AI-3D/zero123plus, diffusers-support/pipeline.py (ReferenceOnlyAttnProc,
+RefOnlyNoisedUNet): only processors whose name ends in ``attn1.processor`` take part; the
+recorded tensor is the attention's input (after the block's norm1); the main pass concatenates
+[own, reference] along the token axis. Written here as a shared module: the lab teacher will use
+the same processors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+SELF_ATTENTION_SUFFIX = "attn1.processor"  # diffusers' name of a transformer block's self-attn
+
+
+class ReferenceBank:
+    """Where the reference pass leaves each self-attention's input for the main pass.
+
+    ``mode``: "off" (plain attention), "write" (record), "read" (append the record)."""
+
+    def __init__(self) -> None:
+        self.mode = "off"
+        self.states: dict[str, Tensor] = {}
+
+    def __deepcopy__(self, memo):  # a copy (a student's network) starts with an empty bank
+        return ReferenceBank()
+
+
+class ReferenceAttnProcessor:
+    """Wraps a self-attention processor: records (write) or appends (read) reference states."""
+
+    def __init__(self, name: str, bank: ReferenceBank, inner: Callable) -> None:
+        self.name, self.bank, self.inner = name, bank, inner
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+    ) -> Tensor:
+        mode = self.bank.mode
+        if mode == "write":
+            self.bank.states[self.name] = (
+                hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            )
+        elif mode == "read":
+            own = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            ref = self.bank.states.get(self.name)
+            if ref is None:
+                raise RuntimeError(f"{self.name}: no reference recorded (run the reference pass)")
+            encoder_hidden_states = torch.cat([own, ref.to(own.dtype)], dim=1)
+        elif mode != "off":
+            raise ValueError(f"reference bank mode {mode!r}; valid: off, write, read")
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+def install_reference_attention(unet: nn.Module) -> ReferenceBank:
+    """Wrap every self-attention processor of ``unet`` (kept as the inner processor); returns
+    the bank that switches them. Raises if the UNet has no self-attention to append to."""
+    procs = dict(unet.attn_processors)
+    names = [n for n in procs if n.endswith(SELF_ATTENTION_SUFFIX)]
+    if not names:
+        raise ValueError(
+            "the UNet has no self-attention layers (attn1): reference attention has nowhere to "
+            "enter (it needs transformer blocks, e.g. CrossAttnDownBlock2D)"
+        )
+    bank = ReferenceBank()
+    for n in names:
+        inner = procs[n]
+        if isinstance(inner, ReferenceAttnProcessor):
+            raise ValueError(f"{n}: reference attention is already installed")
+        procs[n] = ReferenceAttnProcessor(n, bank, inner)
+    unet.set_attn_processor(procs)
+    return bank
+
+
+def reference_bank(unet: nn.Module) -> ReferenceBank:
+    """The bank the processors of ``unet`` share (after install_reference_attention, or in a
+    deep copy of it)."""
+    for proc in unet.attn_processors.values():
+        if isinstance(proc, ReferenceAttnProcessor):
+            return proc.bank
+    raise ValueError("reference attention is not installed on this UNet")
+
+
+def reference_forward(
+    unet: nn.Module, sample: Tensor, timestep: Tensor, reference: Tensor, **kw
+) -> Tensor:
+    """The UNet's output on ``sample`` with reference attention to ``reference`` (a latent at the
+    same noise level as ``sample``), both passes at ``timestep`` with the same keyword inputs."""
+    bank = reference_bank(unet)
+    try:
+        bank.mode = "write"  # 1. the reference pass records every self-attention's input
+        unet(reference, timestep, **kw)
+        bank.mode = "read"  # 2. the main pass appends it as extra keys/values
+        return unet(sample, timestep, **kw).sample
+    finally:
+        bank.mode = "off"
+        bank.states.clear()
