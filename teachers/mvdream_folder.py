@@ -238,3 +238,12 @@ def describe_folder(folder: Path) -> dict:
         "reorders them to 90, 180, 270, 0",
         "prompt": spec["prompt"],
     }
+
+
+def key_patterns(keys) -> list[str]:
+    """State-dict keys with the indices of repeated blocks written as # (input/output blocks,
+    transformer blocks, resampler layers): equal for every size of the same architecture."""
+    import re
+
+    pat = re.compile(r"((?:input_blocks|output_blocks|transformer_blocks|image_embed\.layers)\.)\d+")
+    return sorted({pat.sub(r"\1#", k) for k in keys})
