@@ -49,7 +49,8 @@ class GaussianReconstructor(nn.Module):
     ``forward(views, viewmats, Ks) -> Gaussians``, ``save_pretrained`` / ``from_pretrained``."""
 
     kind: str = "?"  # a short name for reports ("lab", "lgm")
-    record: dict
+    record: dict  # the saved record (recon.json, lgm.json) once saved or loaded
+    weights_path: Path | None = None  # the weights file it was loaded from
 
     @property
     def rig(self) -> ReconRig:
@@ -59,7 +60,15 @@ class GaussianReconstructor(nn.Module):
         raise NotImplementedError
 
     def weights_key(self) -> str:
-        raise NotImplementedError
+        """The weights file's hash when loaded from a folder (cached), else the parameters'."""
+        if self.weights_path is not None:
+            if "_weights_key" not in self.__dict__:
+                self.__dict__["_weights_key"] = weights_file_key(self.weights_path)
+            return self.__dict__["_weights_key"]
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def weights_file_key(path: str | Path) -> str:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from recon.base import GaussianReconstructor, ReconRig, check_inputs, weights_file_key
+from recon.base import GaussianReconstructor, ReconRig, check_inputs
 from recon.gaussians import Gaussians
 from recon.lgm_cameras import (
     fovy_deg,
@@ -147,19 +147,6 @@ class LGMReconstructor(GaussianReconstructor):
             convention="opengl-c2w",
             normalisation="imagenet",
         )
-
-    def weights_key(self) -> str:
-        """The weights file's hash when loaded from a folder, else a hash of the parameters."""
-        if self.weights_path is not None:
-            if "_key" not in self.__dict__:
-                self.__dict__["_key"] = weights_file_key(self.weights_path)
-            return self.__dict__["_key"]
-        import hashlib
-
-        h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
 
     def network_inputs(self, views: Tensor, viewmats: Tensor, Ks: Tensor):
         """LGM's input [B, V, 9, H, W] (ImageNet-normalised RGB, rays) and the similarity A

@@ -16,13 +16,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
+from recon.base import GaussianReconstructor, ReconRig, check_inputs
 from recon.cameras import camera_rays
 from recon.gaussians import Gaussians
 from recon.tiling import grid_unet, tile_views, untile_views
 
 OUT_CHANNELS = 12  # depth 1, opacity 1, scales 3, quaternion 4, colour residual 3
+# the rig of a reconstructor without a recorded world: scenes.world.WorldConfig's defaults
+# (tests/recon/test_lgm_interface.py checks that they agree)
+DEFAULT_RIG = dict(
+    target_azimuths=[0.0, 90.0, 180.0, 270.0], target_elevation=20.0, fov_deg=40.0, distance=2.2
+)
 
 
 @dataclass
@@ -45,13 +51,18 @@ class ReconConfig:
     colour_residual: float = 0.5  # max change of a Gaussian's colour from its pixel's colour
 
 
-class Reconstructor(nn.Module):
+class Reconstructor(GaussianReconstructor):
+    """The lab's reconstructor: one implementation of recon.base.GaussianReconstructor."""
+
+    kind = "lab"
+
     def __init__(self, cfg: ReconConfig):
         super().__init__()
         if cfg.views % cfg.rows:
             raise ValueError(f"recon.views={cfg.views} not divisible by recon.rows={cfg.rows}")
         self.cfg = cfg
         self.record: dict = {}  # recon.json once saved or loaded: its world, how it was trained
+        self.weights_path: Path | None = None
         p = cfg.patch
         self.unet = grid_unet(
             cfg.image_size * cfg.rows // p,
@@ -64,45 +75,26 @@ class Reconstructor(nn.Module):
             cfg.norm_groups,
         )
 
+    @property
+    def rig(self) -> ReconRig:
+        """The target rig of the world it was trained on (recon.json's train_config.world),
+        else the default world's, at the network's image size."""
+        world = {**DEFAULT_RIG, **(self.record or {}).get("train_config", {}).get("world", {})}
+        els = world.get("target_elevations") or [world["target_elevation"]] * len(
+            world["target_azimuths"]
+        )
+        return ReconRig(
+            azimuths=tuple(float(a) for a in world["target_azimuths"]),
+            elevations=tuple(float(e) for e in els),
+            fov_deg=float(world["fov_deg"]),
+            distance=float(world["distance"]),
+            image_size=self.cfg.image_size,
+            convention="opencv-w2c",
+            normalisation="[-1,1]",
+        )
+
     def check_inputs(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.cfg
-        if views.ndim != 5 or views.shape[1:] != (c.views, 3, c.image_size, c.image_size):
-            raise ValueError(
-                f"views must be [B, {c.views}, 3, {c.image_size}, {c.image_size}] in [-1, 1], got "
-                f"{tuple(views.shape)}"
-            )
-        b = views.shape[0]
-        if viewmats.ndim == 3:
-            viewmats = viewmats.expand(b, -1, -1, -1)
-        if Ks.ndim == 3:
-            Ks = Ks.expand(b, -1, -1, -1)
-        if viewmats.shape != (b, c.views, 4, 4):
-            raise ValueError(
-                f"cameras do not match the views: viewmats must be [{c.views}, 4, 4] or "
-                f"[B={b}, {c.views}, 4, 4], got {tuple(viewmats.shape)}"
-            )
-        if Ks.shape != (b, c.views, 3, 3):
-            raise ValueError(
-                f"cameras do not match the views: Ks must be [{c.views}, 3, 3] or "
-                f"[B={b}, {c.views}, 3, 3], got {tuple(Ks.shape)}"
-            )
-        R = viewmats[..., :3, :3]
-        eye = torch.eye(3, device=R.device, dtype=R.dtype)
-        bottom = torch.tensor([0.0, 0, 0, 1], device=R.device, dtype=R.dtype)
-        if (
-            not torch.isfinite(viewmats).all()
-            or (R @ R.transpose(-1, -2) - eye).abs().max() > 1e-3
-            or (viewmats[..., 3, :] - bottom).abs().max() > 1e-6
-        ):
-            raise ValueError(
-                "cameras do not match the views: viewmats must be finite world-to-camera rigid "
-                "transforms (orthonormal rotation, last row 0 0 0 1)"
-            )
-        if not torch.isfinite(Ks).all() or (Ks[..., 0, 0] <= 0).any() or (Ks[..., 1, 1] <= 0).any():
-            raise ValueError(
-                "cameras do not match the views: Ks must be finite intrinsics with positive focals"
-            )
-        return viewmats, Ks
+        return check_inputs(views, viewmats, Ks, self.cfg.views, self.cfg.image_size)
 
     def forward(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> Gaussians:
         """views [B, V, 3, H, W] in [-1, 1]; cameras [V or B x V, 4, 4] and [.., 3, 3]."""
@@ -170,6 +162,7 @@ class Reconstructor(nn.Module):
             msg = str(e).splitlines()[0]
             raise ValueError(f"{wpath}: weights do not match recon.json ({msg})") from e
         model.record = info
+        model.weights_path = wpath
         return model.eval()
 
     # temporary, while eval/ is restructured: the old names

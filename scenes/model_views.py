@@ -63,3 +63,23 @@ def check_views_fit(model, world: WorldConfig, name: str = "the model") -> list[
         f"{cams(want)}: train a reconstructor on the teacher's rig or use a teacher whose views "
         "match"
     )
+
+
+def recon_world(recon) -> WorldConfig:
+    """The world whose target rig a reconstructor takes: the world it was trained on where its
+    record holds one (the lab's), else the default world at its declared rig (cameras, field of
+    view, image size; its distance where it fixes one, an LGM rescales any)."""
+    world = recorded_world(getattr(recon, "record", None))
+    if world is not None:
+        return world
+    rig = recon.rig
+    els = list(rig.elevations)
+    same = len(set(els)) == 1
+    return WorldConfig(
+        image_size=rig.image_size,
+        fov_deg=rig.fov_deg,
+        target_azimuths=list(rig.azimuths),
+        target_elevation=els[0] if same else WorldConfig.target_elevation,
+        target_elevations=[] if same else els,
+        **({} if rig.distance is None else {"distance": rig.distance}),
+    )
