@@ -9,12 +9,15 @@ from pathlib import Path
 import torch
 
 from distill.config import DataSpec, load_config, save_config, to_dict
+from recon.base import GaussianReconstructor
+from recon.io import load_reconstructor
 from recon.model import ReconConfig, Reconstructor
 from recon.raster import rasterize
 from scenes.data import open_eval_split, open_split
+from scenes.model_views import recon_world
 from scenes.rig import make_rig
 from scenes.samples import unpack_gaussians
-from scenes.world import WorldConfig, model_world, world_id
+from scenes.world import WorldConfig, world_id
 from training.checkpoints import start_from
 from training.config import TrainConfig
 from training.loop import train
@@ -128,11 +131,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def recon_test_set(model: Reconstructor, data_root: str, count: int):
-    """The first ``count`` test objects for this reconstructor (made with its training world if
-    missing): the dataset, whose rig rendered the views, and the batch."""
-    world = model_world(model.record, model.cfg.image_size)
-    ds = open_eval_split(data_root, "test", count, model.cfg.image_size, world)
+def recon_test_set(model: GaussianReconstructor, data_root: str, count: int):
+    """The first ``count`` test objects for this reconstructor (made with its training world, or
+    the world at its declared rig, if missing): the dataset, whose rig rendered the views, and
+    the batch."""
+    world = recon_world(model)
+    ds = open_eval_split(data_root, "test", count, model.rig.image_size, world)
     return ds, ds.batch(list(range(count)))
 
 
@@ -144,7 +148,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
     from eval.views import write_json
 
     dev = _device(device)
-    model = Reconstructor.from_pretrained(recon_dir).to(dev)
+    model = load_reconstructor(recon_dir).to(dev)  # the lab's or an LGM folder
     ds, b = recon_test_set(model, data_root, count)
     rig = ds.rig
     vm, K = rig.target_viewmats, rig.K
@@ -158,7 +162,7 @@ def eval_recon(recon_dir: str, count: int, out: str, data_root: str, device: str
         return unproject_baseline(v.to(dev), vm.to(dev), Ks.to(dev), ds.world.distance)
 
     lp, reason = load_lpips()
-    res = {"recon": recon_dir, "objects": count, "split": "test"}
+    res = {"recon": recon_dir, "kind": model.kind, "objects": count, "split": "test"}
     res.update(
         evaluate(reconstruct, b["targets"], b["heldout"], truth, rig.heldout_viewmats, K, lpips=lp)
     )
@@ -242,11 +246,12 @@ def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device:
     from scenes.preview import contact_sheet
 
     dev = _device(device)
-    model = Reconstructor.from_pretrained(recon_dir).to(dev)
-    c = model.cfg
-    world = model_world(model.record, c.image_size)
+    model = load_reconstructor(recon_dir).to(dev)  # the lab's or an LGM folder
+    size, n = model.rig.image_size, len(model.rig.azimuths)
+    world = recon_world(model)
     rig = make_rig(world)
-    imgs, vm, Ks = read_views(views, c.image_size, c.views, c.rows, rig)
+    grid_rows = getattr(model.cfg, "rows", 2 if n % 2 == 0 else 1)  # LGM: 4 views, 2x2 grid
+    imgs, vm, Ks = read_views(views, size, n, grid_rows, rig)
     with torch.inference_mode():
         g = model(imgs[None].to(dev), vm.to(dev), Ks.to(dev))
     save_ply(g.map(lambda t: t[0]), out)
@@ -256,7 +261,7 @@ def run_recon(recon_dir: str, views: str, out: str, renders: str | None, device:
             [orbit_viewmat(a, world.target_elevation, world.distance) for a in range(0, 360, 45)]
         )
         with torch.inference_mode():
-            imgs_orbit = render_images(g, orbit.to(dev), rig.K.to(dev), c.image_size)[0].cpu()
+            imgs_orbit = render_images(g, orbit.to(dev), rig.K.to(dev), size)[0].cpu()
         rows = [
             ("input views", imgs, None),
             ("renders", imgs_orbit, [f"az {a}" for a in range(0, 360, 45)]),

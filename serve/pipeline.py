@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from recon.base import GaussianReconstructor
 from recon.gaussians import Gaussians
-from recon.model import Reconstructor
+from recon.io import load_reconstructor
 from students.folder import LoadedStudent
 from students.sampling import sample_views
 from teachers.io import load_teacher
@@ -40,7 +41,7 @@ class Pipeline:
     def __init__(
         self,
         model,
-        recon: Reconstructor,
+        recon: GaussianReconstructor,
         name: str,
         folder: Path,
         device: torch.device,
@@ -49,15 +50,13 @@ class Pipeline:
     ):
         self.model, self.recon, self.name, self.folder = model, recon, name, folder
         self.device, self.sampler, self.guidance = device, sampler, guidance
-        from scenes.model_views import check_views_fit
+        from scenes.model_views import check_views_fit, recon_world
         from scenes.rig import make_rig
-        from scenes.world import model_world
 
-        info = recon.record
-        world = model_world(info, recon.cfg.image_size)
+        world = recon_world(recon)  # the rig the reconstructor takes, in the lab's world
         self.recon_views = check_views_fit(model, world, str(folder))  # None: all, in order
         self.rig = make_rig(world)
-        self.image_size = recon.cfg.image_size
+        self.image_size = recon.rig.image_size
         self.method = model.method
         self.steps = model.supported_steps or TEACHER_STEPS
         self.weights = model.weights_key()
@@ -92,11 +91,11 @@ class Pipeline:
             )
         else:
             model = load_teacher(folder)
-        recon = Reconstructor.from_pretrained(reconstructor_dir)
-        if model.info.image_size != recon.cfg.image_size:
+        recon = load_reconstructor(reconstructor_dir)  # the lab's or an LGM folder
+        if model.info.image_size != recon.rig.image_size:
             raise ValueError(
                 f"{folder} makes {model.info.image_size}px views but the reconstructor takes "
-                f"{recon.cfg.image_size}px"
+                f"{recon.rig.image_size}px"
             )
         return cls(model.to(dev).eval(), recon.to(dev).eval(), folder.name, folder, dev)
 
