@@ -17,7 +17,7 @@ from scenes.data import open_eval_split, open_split
 from scenes.model_views import recon_world
 from scenes.rig import make_rig
 from scenes.samples import unpack_gaussians
-from scenes.world import WorldConfig, world_id
+from scenes.world import WorldConfig, target_views, world_id
 from training.checkpoints import start_from
 from training.config import TrainConfig
 from training.loop import train
@@ -137,6 +137,12 @@ def recon_test_set(model: GaussianReconstructor, data_root: str, count: int):
     the batch."""
     world = recon_world(model)
     ds = open_eval_split(data_root, "test", count, model.rig.image_size, world)
+    if target_views(ds.world) != model.rig.views:
+        raise ValueError(
+            f"{Path(data_root) / 'test'}: views rendered at (azimuth, elevation) "
+            f"{target_views(ds.world)}, but the reconstructor takes {model.rig.describe()}; "
+            "point --data-root at data made at its rig"
+        )
     return ds, ds.batch(list(range(count)))
 
 
