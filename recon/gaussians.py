@@ -15,7 +15,8 @@ SH_C0 = 0.28209479177387814  # zeroth spherical-harmonic basis constant used by 
 @dataclass
 class Gaussians:
     """Gaussians with optional leading batch dims: means [..., N, 3], quats [..., N, 4] (wxyz),
-    scales [..., N, 3] (linear), opacities [..., N] in [0, 1], colors [..., N, 3] in [0, 1]."""
+    scales [..., N, 3] (linear), opacities [..., N] in [0, 1], colors [..., N, 3] in [0, 1]
+    (RGB; the rasterizers render any channel count C >= 1, e.g. one-hot per-Gaussian weights)."""
 
     means: Tensor
     quats: Tensor
@@ -25,7 +26,7 @@ class Gaussians:
 
     def __post_init__(self) -> None:
         n = self.means.shape[:-1]
-        expect = {"means": 3, "quats": 4, "scales": 3, "colors": 3}
+        expect = {"means": 3, "quats": 4, "scales": 3}
         for name, last in expect.items():
             t = getattr(self, name)
             if t.shape[:-1] != n or t.shape[-1] != last:
@@ -33,6 +34,11 @@ class Gaussians:
                     f"Gaussians.{name} must be [..., N, {last}] with [..., N] = {tuple(n)}, "
                     f"got {tuple(t.shape)}"
                 )
+        if self.colors.shape[:-1] != n or self.colors.shape[-1] < 1:
+            raise ValueError(
+                f"Gaussians.colors must be [..., N, C] with [..., N] = {tuple(n)}, got "
+                f"{tuple(self.colors.shape)}"
+            )
         if self.opacities.shape != n:
             raise ValueError(
                 f"Gaussians.opacities must be [..., N] = {tuple(n)}, got "

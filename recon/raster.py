@@ -102,11 +102,18 @@ def _pixel_centres(
 
 
 def _composite_tiles(
-    p: Projected, bins: _Bins, pix_all: Tensor, outside: Tensor, chunk: int, max_chunk: int
+    p: Projected,
+    bins: _Bins,
+    pix_all: Tensor,
+    outside: Tensor,
+    chunk: int,
+    max_chunk: int,
+    wmax: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Composite the tiles that list anything, chunk by chunk, front to back; a tile leaves
     when its pixels have all stopped or its list is spent. Returns T [I * tiles, P], colour
-    [I * tiles, P, C] and depth [I * tiles, P]; tiles that listed nothing stay background."""
+    [I * tiles, P, C] and depth [I * tiles, P]; tiles that listed nothing stay background.
+    ``wmax`` [I * N], when given, receives each Gaussian's largest weight at any pixel."""
     dev, dt, P, C = pix_all.device, pix_all.dtype, pix_all.shape[1], p.colors.shape[-1]
     starts, counts, listed_ids = bins.starts, bins.counts, bins.ids
     act = (counts > 0).nonzero().squeeze(1)
@@ -120,7 +127,7 @@ def _composite_tiles(
         idx = starts[act, None] + pos + torch.arange(size, device=dev)  # [A, K]
         listed = idx < (starts[act] + counts[act])[:, None]
         gid = listed_ids[idx.clamp(max=max(listed_ids.numel() - 1, 0))]
-        d_rgb, d_dep, T, done = composite(
+        d_rgb, d_dep, T, done, w = composite(
             p.means2d[gid],
             p.conics[gid],
             p.opacities[gid],
@@ -132,6 +139,8 @@ def _composite_tiles(
             done,
         )
         rgb, dep = rgb + d_rgb, dep + d_dep
+        if wmax is not None:  # unlisted entries have weight 0
+            wmax.scatter_reduce_(0, gid.flatten(), w.amax(1).flatten(), "amax")
         pos += size
         size = min(2 * size, max_chunk)
         finished = done.all(1) | (counts[act] <= pos)
@@ -194,6 +203,23 @@ def rasterize_cpu(
     )
 
 
+@torch.no_grad()
+def gaussian_weights(
+    g: Gaussians, viewmats: Tensor, Ks: Tensor, width: int, height: int, tile: int = 4
+) -> Tensor:
+    """[I, N]: each Gaussian's largest compositing weight over the pixels of each of I renders
+    (g [I, N], viewmats [I, 4, 4]; the CPU tile rasterizer's compositing): how much it can
+    change a pixel of that render."""
+    dev, dt = g.means.device, g.means.dtype
+    grid = _Grid(viewmats.shape[0], tile, math.ceil(width / tile), math.ceil(height / tile))
+    p = project(g, viewmats, Ks, width, height)
+    bins = _bin(p, g.means.shape[-2], grid, dt)
+    pix_all, outside = _pixel_centres(grid, width, height, dt, dev)
+    wmax = torch.zeros(p.means2d.shape[0], dtype=dt, device=dev)
+    _composite_tiles(p, bins, pix_all, outside, 16, 64, wmax)
+    return wmax.reshape(viewmats.shape[0], -1)
+
+
 def _finish(
     rgb: Tensor, alpha: Tensor, dep: Tensor, background: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -228,7 +254,7 @@ def rasterize_dense(
     )
     pix = torch.stack([xs, ys], -1).reshape(1, -1, 2).to(dt) + 0.5
     hw = height * width
-    rgb, dep, T, _ = composite(
+    rgb, dep, T, _, _ = composite(
         p.means2d[order][None],
         p.conics[order][None],
         p.opacities[order][None],

@@ -112,12 +112,13 @@ def composite(
     pix: Tensor,
     T: Tensor,
     done: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Composite one depth-sorted chunk of K Gaussians over P pixels, for A groups at once.
 
     Inputs are [A, K, ...] Gaussians (``listed`` marks real entries), pixel centres [A, P, 2],
     the transmittance so far T [A, P] and the stopped mask ``done`` [A, P]. Returns the colour
-    [A, P, C] and depth [A, P] contributions, the new T and the new ``done``.
+    [A, P, C] and depth [A, P] contributions, the new T, the new ``done`` and each Gaussian's
+    compositing weight at each pixel [A, P, K].
     """
     d = means2d[:, None, :, :] - pix[:, :, None, :]  # [A, P, K, 2]
     dx, dy = d[..., 0], d[..., 1]
@@ -138,4 +139,4 @@ def composite(
     rgb = torch.einsum("apk,akc->apc", w, colors)
     dep = torch.einsum("apk,ak->ap", w, depths)
     T_new = T * before.gather(-1, n_in).squeeze(-1)
-    return rgb, dep, T_new, done | stop[..., -1]
+    return rgb, dep, T_new, done | stop[..., -1], w

@@ -8,11 +8,14 @@ Everything is a deterministic function of an integer seed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from recon.cameras import intrinsics, orbit_viewmat
 from recon.gaussians import Gaussians
+from recon.raster import gaussian_weights
 from scenes.world import (
     BACK_COLOURS,
     BACK_STRIPE,
@@ -138,9 +141,20 @@ def _quat_z_to(n: Tensor) -> Tensor:
 
 
 def make_object(seed: int, cfg: WorldConfig, back: int | None = None) -> Gaussians:
-    """The Gaussians [N, ...] of the world object with this seed; with ``back`` (version 2),
+    """The Gaussians [N, ...] of the world object with this seed; with ``back`` (version >= 2),
     the same object painted with that back class instead of its own."""
     return _generate(seed, cfg, back)[0]
+
+
+def object_and_condition(
+    seed: int, cfg: WorldConfig, back: int | None = None
+) -> tuple[Gaussians, Tensor]:
+    """``make_object``'s Gaussians and the colours [N, 3] the condition camera is rendered with:
+    the object's own colours up to version 2; from version 3 the front painted on every Gaussian
+    (on the ones it sees, that is their colour; the others' weights in the condition render
+    are below one 8-bit level each), so no condition pixel depends on the back class."""
+    g, _, cond_colors = _generate(seed, cfg, back)
+    return g, cond_colors
 
 
 N_ATTRIBUTES = 11
@@ -153,6 +167,22 @@ def object_attributes(seed: int, cfg: WorldConfig) -> Tensor:
     return _generate(seed, cfg)[1]
 
 
+@torch.no_grad()
+def seen_by_condition(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cfg: WorldConfig
+) -> Tensor:
+    """[N] bool: the Gaussians the condition camera sees: those whose compositing weight
+    reaches one 8-bit level (``SEEN_WEIGHT``) at some pixel of the condition render (camera and
+    size of ``cfg``), by the CPU rasterizer's compositing. The splat surfaces let the camera see
+    through gaps, so "seen" is a threshold on how much, not exactly zero."""
+    g = Gaussians(means, quats, scales, opacities, colors=torch.zeros_like(means))
+    vm = orbit_viewmat(cfg.cond_azimuth, cfg.cond_elevation, cfg.distance)[None]
+    K = intrinsics(cfg.image_size, cfg.image_size, cfg.fov_deg)[None]
+    g = g.map(lambda t: t[None])
+    return gaussian_weights(g, vm, K, cfg.image_size, cfg.image_size)[0] >= SEEN_WEIGHT
+
+
+SEEN_WEIGHT = 1.0 / 255.0  # version 3: a Gaussian is seen from this condition-render weight on
 _BACK_STREAM = 2**40  # offset of the seed stream that draws version 2's back classes
 
 
@@ -161,7 +191,7 @@ def _back_generator(seed: int) -> torch.Generator:
 
 
 def back_class(seed: int, cfg: WorldConfig) -> int:
-    """Index into ``back_classes()`` of this object's back (version 2), -1 in version 1."""
+    """Index into ``back_classes()`` of this object's back (version >= 2), -1 in version 1."""
     if cfg.version < 2:
         return -1
     return int(torch.multinomial(back_class_probs(), 1, generator=_back_generator(seed)))
@@ -181,11 +211,24 @@ def _back_schemes(seed: int, cfg: WorldConfig, count: int, back: int | None = No
     ]
 
 
-def _generate(seed: int, cfg: WorldConfig, back: int | None = None) -> tuple[Gaussians, Tensor]:
-    if cfg.version not in WORLD_VERSIONS:
-        raise ValueError(f"world version {cfg.version} unknown (known: {WORLD_VERSIONS})")
-    if back is not None and cfg.version < 2:
-        raise ValueError("only world version 2 has back classes to choose")
+@dataclass
+class _Shape:
+    """An object before its backs are painted: every draw of its seed's main stream."""
+
+    kinds: list[str]
+    areas: Tensor  # [k] surface area per primitive
+    counts: list[int]  # Gaussians per primitive
+    sides: list  # per primitive: (front scheme, version 1's back scheme, pattern coordinate)
+    means: Tensor
+    normals: Tensor
+    quats: Tensor
+    scales: Tensor
+    opacities: Tensor
+    front_w: Tensor | None  # version 3: [N, 1] 1 where the condition camera sees the surface
+
+
+def _shape(seed: int, cfg: WorldConfig) -> _Shape:
+    """Primitives, geometry, front schemes and opacities of the object with this seed."""
     gen = torch.Generator().manual_seed(int(seed))
     k = int(torch.randint(cfg.min_primitives, cfg.max_primitives + 1, (1,), generator=gen))
     kinds = [PRIMITIVES[int(i)] for i in torch.randint(len(PRIMITIVES), (k,), generator=gen)]
@@ -196,11 +239,7 @@ def _generate(seed: int, cfg: WorldConfig, back: int | None = None) -> tuple[Gau
     areas = torch.tensor([_area(kd, ax) for kd, ax in zip(kinds, axes)])
     counts = torch.floor(areas / areas.sum() * cfg.gaussians).long()
     counts[torch.argmax(areas)] += cfg.gaussians - int(counts.sum())
-    pts, nrms, cols, tang = [], [], [], []
-    d_cond = torch.tensor(
-        [math.cos(math.radians(cfg.cond_azimuth)), math.sin(math.radians(cfg.cond_azimuth)), 0.0]
-    )
-    sides = []
+    pts, nrms, tang, sides = [], [], [], []
     for kind, ax, n in zip(kinds, axes, counts.tolist()):
         p, nrm, coord = _MAKERS[kind](gen, n, ax)
         rot = _random_rotation(gen)
@@ -209,39 +248,85 @@ def _generate(seed: int, cfg: WorldConfig, back: int | None = None) -> tuple[Gau
         nrms.append(nrm @ rot.T)
         sides.append((_scheme(gen, cfg.stripe_prob), _scheme(gen, cfg.stripe_prob), coord))
         tang.append(torch.full((n,), 1.0 * math.sqrt(_area(kind, ax) / max(n, 1))))
-    if cfg.version >= 2:  # same draws as version 1 above; only the backs are replaced
-        backs = _back_schemes(seed, cfg, len(sides), back)
-        sides = [(f, b2, c) for (f, _, c), b2 in zip(sides, backs)]
     means = torch.cat(pts)
     centre = 0.5 * (means.max(0).values + means.min(0).values)
     scale = cfg.object_radius / (means - centre).norm(dim=1).max()
     means = (means - centre) * scale
-    # front scheme on the half-space facing the condition camera, back scheme elsewhere
-    start = 0
-    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
-    normals = torch.cat(nrms)
-    for (front, back, coord), n in zip(sides, counts.tolist()):
-        sl = slice(start, start + n)
-        w = torch.sigmoid((means[sl] @ d_cond) / 0.03)[:, None]
-        c = w * _paint(coord, front) + (1 - w) * _paint(coord, back)
-        shade = 0.55 + 0.45 * torch.clamp(normals[sl] @ light, min=0)
-        cols.append(c * shade[:, None])
-        start += n
     t = torch.cat(tang) * scale
     scales = torch.stack([t, t, 0.3 * t], 1)
+    normals = torch.cat(nrms)
+    quats = _quat_z_to(normals)
     opac = 0.88 + 0.1 * torch.rand(cfg.gaussians, generator=gen)
+    front_w = None
+    if cfg.version >= 3:
+        front_w = seen_by_condition(means, quats, scales, opac, cfg).to(means.dtype)[:, None]
+    return _Shape(
+        kinds, areas, counts.tolist(), sides, means, normals, quats, scales, opac, front_w
+    )
+
+
+def _painted(
+    shape: _Shape, seed: int, cfg: WorldConfig, back: int | None
+) -> tuple[Gaussians, Tensor, Tensor]:
+    """The object's Gaussians with its backs painted (its own class, or ``back``), its
+    attributes and the colours the condition camera is rendered with."""
+    sides = shape.sides
+    if cfg.version >= 2:  # same draws as version 1; only the backs are replaced
+        backs = _back_schemes(seed, cfg, len(sides), back)
+        sides = [(f, b2, c) for (f, _, c), b2 in zip(sides, backs)]
+    d_cond = torch.tensor(
+        [math.cos(math.radians(cfg.cond_azimuth)), math.sin(math.radians(cfg.cond_azimuth)), 0.0]
+    )
+    light = torch.tensor(LIGHT) / torch.tensor(LIGHT).norm()
+    cols, fronts, start = [], [], 0
+    for (front, back_scheme, coord), n in zip(sides, shape.counts):
+        sl = slice(start, start + n)
+        if shape.front_w is None:  # the front on the half-space facing the condition camera
+            w = torch.sigmoid((shape.means[sl] @ d_cond) / 0.03)[:, None]
+        else:  # version 3: the front where the condition camera sees the surface
+            w = shape.front_w[sl]
+        c = w * _paint(coord, front) + (1 - w) * _paint(coord, back_scheme)
+        shade = 0.55 + 0.45 * torch.clamp(shape.normals[sl] @ light, min=0)
+        cols.append(c * shade[:, None])
+        fronts.append(_paint(coord, front) * shade[:, None])
+        start += n
     g = Gaussians(
-        means=means,
-        quats=_quat_z_to(normals),
-        scales=scales,
-        opacities=opac,
+        means=shape.means,
+        quats=shape.quats,
+        scales=shape.scales,
+        opacities=shape.opacities,
         colors=torch.cat(cols).clamp(0, 1),
     )
-    big = int(torch.argmax(areas))
+    big = int(torch.argmax(shape.areas))
     attrs = torch.tensor(
-        [float(sum(kd == p for kd in kinds)) for p in PRIMITIVES]
+        [float(sum(kd == p for kd in shape.kinds)) for p in PRIMITIVES]
         + [float(sum((f[2] > 0) + (b[2] > 0) for f, b, _ in sides))]
         + sides[big][0][0].tolist()
         + sides[big][1][0].tolist()
     )
-    return g, attrs
+    cond_colors = torch.cat(fronts).clamp(0, 1) if cfg.version >= 3 else g.colors
+    return g, attrs, cond_colors
+
+
+def _check(cfg: WorldConfig, backs) -> None:
+    if cfg.version not in WORLD_VERSIONS:
+        raise ValueError(f"world version {cfg.version} unknown (known: {WORLD_VERSIONS})")
+    if any(b is not None for b in backs) and cfg.version < 2:
+        raise ValueError("only world versions 2 and 3 have back classes to choose")
+
+
+def _generate(
+    seed: int, cfg: WorldConfig, back: int | None = None
+) -> tuple[Gaussians, Tensor, Tensor]:
+    _check(cfg, [back])
+    return _painted(_shape(seed, cfg), seed, cfg, back)
+
+
+def object_variants(
+    seed: int, cfg: WorldConfig, backs: list[int | None]
+) -> list[tuple[Gaussians, Tensor]]:
+    """``object_and_condition`` for each back class in ``backs`` (None: the object's own), from
+    one draw of the geometry."""
+    _check(cfg, backs)
+    shape = _shape(seed, cfg)
+    return [_painted(shape, seed, cfg, b)[::2] for b in backs]

@@ -202,3 +202,20 @@ def test_gsplat_parity_cuda():
     rgb, a, d = rasterize(g.to("cuda"), vm.cuda(), K.cuda(), 32, 32, background=bg.cuda())
     assert torch.allclose(rgb.cpu(), rgb_cpu, atol=2e-3)
     assert torch.allclose(a.cpu(), a_cpu, atol=2e-3)
+
+
+def test_gaussian_weights_are_the_one_hot_render_maxima():
+    """gaussian_weights gives each Gaussian's largest compositing weight over the pixels: what a
+    render with one-hot colours shows in that Gaussian's channel."""
+    from recon.cameras import intrinsics, orbit_viewmat
+    from recon.gaussians import Gaussians
+    from recon.raster import gaussian_weights, rasterize
+    from scenes.objects import make_object
+    from scenes.world import WorldConfig
+
+    g = make_object(3, WorldConfig(image_size=16, gaussians=64))
+    vm, K = orbit_viewmat(0.0, 5.0, 2.2)[None], intrinsics(16, 16, 40.0)[None]
+    one_hot = Gaussians(g.means, g.quats, g.scales, g.opacities, torch.eye(64))
+    w, _, _ = rasterize(one_hot.map(lambda t: t[None]), vm[None], K[None], 16, 16)
+    got = gaussian_weights(g.map(lambda t: t[None]), vm, K, 16, 16)
+    assert got.shape == (1, 64) and torch.equal(got[0], w[0, 0].flatten(0, 1).amax(0))
