@@ -99,7 +99,7 @@ def train_encoder(args: list[str]) -> Path:
         "check_real_vs_real": same,
         "check_real_vs_blurred_2x": blur,
     }
-    model.save(out, meta)
+    model.save_pretrained(out, meta)
     print(
         f"encoder saved to {out}: val R2 {meta['val_r2_mean']}, FID real/real "
         f"{same['fid']:.3f}, real/blurred {blur['fid']:.3f}"

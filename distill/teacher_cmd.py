@@ -165,7 +165,7 @@ def eval_teacher(
     if encoder_dir and Path(encoder_dir).exists():
         from eval.encoder import FeatureEncoder
 
-        encoder = FeatureEncoder.load(encoder_dir)
+        encoder = FeatureEncoder.from_pretrained(encoder_dir)
     rows, views = step_quality(model, truth, seeds, steps_list, sampler, guidance, encoder=encoder)
     out = Path(out_dir)
     table = quality_table(rows)

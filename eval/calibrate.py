@@ -117,7 +117,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     from scenes.data import open_eval_split
 
     t0 = time.perf_counter()
-    recon = Reconstructor.load(cfg.recon).eval()
+    recon = Reconstructor.from_pretrained(cfg.recon).eval()
     world = WorldConfig(image_size=recon.cfg.image_size)
     ds = open_eval_split(cfg.data_root, "test", cfg.objects, world.image_size, world)
     if ds.world.version < 2:
@@ -128,7 +128,7 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     b = ds.batch(list(range(cfg.objects)))
     seeds = [int(s) for s in b["seeds"]]
     truth = Truth.from_batch(b, ds.rig, ds.world.version)
-    axis = QualityAxis(truth, recon, FeatureEncoder.load(cfg.encoder), batch=cfg.batch)
+    axis = QualityAxis(truth, recon, FeatureEncoder.from_pretrained(cfg.encoder), batch=cfg.batch)
     clean = axis.evaluate(truth.targets)
     rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
     cases = list(degradations(cfg, truth, seeds, ds.world, axis.object_mask))

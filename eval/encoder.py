@@ -41,17 +41,19 @@ class FeatureEncoder(nn.Module):
     def predict(self, images: Tensor) -> Tensor:
         return self.head(self.forward(images))
 
-    def save(self, folder: str | Path, meta: dict) -> None:
+    def save_pretrained(self, folder: str | Path, record: dict) -> None:
+        """Write ``model.safetensors`` and ``encoder.json`` (with ``record``'s entries)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file(
             {k: v.contiguous() for k, v in self.state_dict().items()}, folder / "model.safetensors"
         )
         info = {"kind": "feature_encoder", "width": self.width, "n_outputs": self.n_outputs}
-        (folder / "encoder.json").write_text(json.dumps({**info, **meta}, indent=2))
+        (folder / "encoder.json").write_text(json.dumps({**info, **record}, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path) -> FeatureEncoder:
+    def from_pretrained(cls, folder: str | Path) -> FeatureEncoder:
+        """The encoder saved in ``folder`` by :meth:`save_pretrained`."""
         folder = Path(folder)
         meta = folder / "encoder.json"
         if not meta.exists():
@@ -62,5 +64,5 @@ class FeatureEncoder(nn.Module):
             m.load_state_dict(load_file(folder / "model.safetensors"))
         except Exception as e:
             raise ValueError(f"{folder / 'model.safetensors'}: cannot load encoder ({e})") from e
-        m.info = info
+        m.record = info
         return m.eval()

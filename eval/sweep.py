@@ -41,8 +41,8 @@ from recon.model import Reconstructor
 from scenes.data import DATA_ROOT, open_eval_split
 from scenes.model_views import check_views_fit
 from scenes.world import model_world, world_id
+from students.folder import LoadedStudent
 from students.sampling import sample_views
-from students.student import load_student
 from teachers.io import load_teacher
 
 
@@ -81,9 +81,9 @@ class Sweep:
         self.out = Path(cfg.out)
         self.cache = CellCache(self.out / "cells")
         self.teacher = load_teacher(cfg.teacher).to(self.device)
-        self.recon = Reconstructor.load(cfg.recon).to(self.device).eval()
-        self.encoder = FeatureEncoder.load(cfg.encoder)
-        world = model_world(self.recon.info, self.recon.cfg.image_size)
+        self.recon = Reconstructor.from_pretrained(cfg.recon).to(self.device).eval()
+        self.encoder = FeatureEncoder.from_pretrained(cfg.encoder)
+        world = model_world(self.recon.record, self.recon.cfg.image_size)
         self.recon_world = world  # the rig every model's views must be
         self.models, self.skipped = self._load_models()
         if self.recon.cfg.image_size != self.teacher.info.image_size:
@@ -126,7 +126,9 @@ class Sweep:
                 models["teacher"] = self.teacher
                 continue
             try:
-                st = load_student(m, teacher=self.teacher, merge=self.cfg.merge_lora)
+                st = LoadedStudent.from_pretrained(
+                    m, teacher=self.teacher, merge=self.cfg.merge_lora
+                )
                 pick = check_views_fit(st, self.recon_world, m)
                 st = st.to(self.device)
                 self.recon_views[id(st)] = pick

@@ -164,7 +164,3 @@ class Reconstructor(GaussianReconstructor):
         model.record = info
         model.weights_path = wpath
         return model.eval()
-
-    # temporary, while eval/ is restructured: the old names
-    load = from_pretrained
-    info = property(lambda self: self.record)

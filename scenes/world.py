@@ -136,13 +136,3 @@ def split_seed(split: str, index: int) -> int:
     if not 0 <= index < SPLIT_SIZE:
         raise ValueError(f"object index {index} outside 0..{SPLIT_SIZE - 1}")
     return SPLIT_OFFSETS[split] + index
-
-
-def __getattr__(name: str):
-    """``check_views_fit`` lives in scenes.model_views; still importable from here for
-    eval/sweep.py until its restructure (issue 23) updates that import."""
-    if name == "check_views_fit":
-        from scenes.model_views import check_views_fit
-
-        return check_views_fit
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -331,7 +331,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     truth, seeds = eval_objects(a.data_root, "val", a.eval_count, 32, WorldConfig())
-    axis = QualityAxis(truth, None, FeatureEncoder.load(a.encoder))
+    axis = QualityAxis(truth, None, FeatureEncoder.from_pretrained(a.encoder))
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
     res = _load_results(res_path, a, copy)

@@ -176,7 +176,7 @@ def test_calibrate_cli_smoke(tmp_path):
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
     ).save_pretrained(tmp_path / "recon")
-    FeatureEncoder(width=8).save(tmp_path / "encoder", {})
+    FeatureEncoder(width=8).save_pretrained(tmp_path / "encoder", {})
     r = subprocess.run(
         [
             sys.executable,
@@ -307,7 +307,7 @@ def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
     ).save_pretrained(tmp_path / "recon")
-    FeatureEncoder(width=8).save(tmp_path / "encoder", {})
+    FeatureEncoder(width=8).save_pretrained(tmp_path / "encoder", {})
     make_split(tmp_path / "d1", "test", 2, WorldConfig(version=1, image_size=16, gaussians=64))
     cfg = CalibrateConfig(
         out=str(tmp_path / "cal"),

@@ -41,7 +41,7 @@ def sweep_assets(tiny_teacher_dir, tmp_path_factory):
             image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
         )
     ).save_pretrained(root / "recon")
-    FeatureEncoder(width=8).save(root / "encoder", {})
+    FeatureEncoder(width=8).save_pretrained(root / "encoder", {})
     return root
 
 
@@ -124,7 +124,7 @@ def test_sweep_outputs_and_resume(sweep_assets, tiny_data_root, tmp_path):
     assert before == after
     assert [x["e2e_psnr"] for x in rows2] == [x["e2e_psnr"] for x in rows]
     # cells are keyed by the weights they used: another encoder makes every cached cell stale
-    FeatureEncoder(width=8).save(tmp_path / "enc2", {})
+    FeatureEncoder(width=8).save_pretrained(tmp_path / "enc2", {})
     Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, encoder=str(tmp_path / "enc2"))).run()
     fresh = {p.name for p in (out / "cells").glob("*.json")} - set(before)
     assert len(fresh) == len(before)  # 4 cells + the reference, all recomputed
