@@ -66,6 +66,11 @@ def _add_teacher(sub) -> None:
     p.add_argument("--count", type=int, default=64, help="objects of the split")
     p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split")
     p.add_argument("--out", default="runs/teacher_eval", help="output folder")
+    p = tsub.add_parser(
+        "inspect", help="a teacher folder's family, schedule, grid, cameras and condition (or why "
+        "it is refused)",
+    )  # fmt: skip
+    p.add_argument("folder", help="teacher folder (lab, diffusers, Zero123++, MVDream/ImageDream)")
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
@@ -217,6 +222,11 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _teacher(args: argparse.Namespace) -> None:
+    if args.sub == "inspect":
+        from distill.inspect_cmd import inspect_teacher
+
+        inspect_teacher(args.folder)
+        return
     from distill import teacher_cmd
 
     if args.sub == "train":
