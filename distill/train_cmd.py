@@ -139,29 +139,8 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         _check_run_teacher(run_dir, uncounted(teacher))
         save_config(cfg, run_dir)
         ds = open_split(cfg.data.root, "train", cfg.data.train_count, cfg.world)
-    ctx = Context(
-        teacher=teacher,
-        path=get_path(teacher.path_name),
-        prediction=teacher.prediction,
-        teacher_guidance=cfg.teacher_guidance,
-        data=ds,
-        run_dir=run_dir,
-        batch_size=cfg.train.batch_size,
-        total_steps=cfg.train.steps,
-        train_count=cfg.data.train_count,
-        ema_decay=cfg.train.ema_decay,
-        ema_warmup=cfg.train.ema_warmup,
-    )
-    m = mcls(cfg.method, ctx)
-    needs = m.needs
-    scfg = needs.student_config(StudentConfig(**asdict(cfg.student)))
-    torch.manual_seed(cfg.train.seed)
-    student = Student(
-        ctx.network,
-        scfg,
-        path=needs.student_path(teacher),
-        prediction=needs.student_prediction(teacher),
-    ).to(device)
+    m = mcls(cfg.method, _context(cfg, teacher, ds, run_dir))
+    student = _build_student(m, cfg).to(device)
     with device, main_first():  # built with the student (target networks); couplings made once
         m.prepare(student)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * process_count()  # all processes
@@ -191,18 +170,54 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     if not is_main():  # one process writes the student and its figures
         return out
     seconds = LossLog(run_dir).total_seconds() or time.perf_counter() - t0
+    _write_student(student, m, cfg, cost.record(seconds), seconds, run_dir, out)
+    return out
+
+
+def _context(cfg, teacher: CountingTeacher, ds, run_dir: Path) -> Context:
+    """What the method may use besides the student."""
+    return Context(
+        teacher=teacher,
+        path=get_path(teacher.path_name),
+        prediction=teacher.prediction,
+        teacher_guidance=cfg.teacher_guidance,
+        data=ds,
+        run_dir=run_dir,
+        batch_size=cfg.train.batch_size,
+        total_steps=cfg.train.steps,
+        train_count=cfg.data.train_count,
+        ema_decay=cfg.train.ema_decay,
+        ema_warmup=cfg.train.ema_warmup,
+    )
+
+
+def _build_student(m, cfg) -> Student:
+    """The untrained student: a copy of the teacher with what the method needs."""
+    needs, teacher = m.needs, m.ctx.teacher
+    scfg = needs.student_config(StudentConfig(**asdict(cfg.student)))
+    torch.manual_seed(cfg.train.seed)
+    return Student(
+        m.ctx.network,
+        scfg,
+        path=needs.student_path(teacher),
+        prediction=needs.student_prediction(teacher),
+    )
+
+
+def _write_student(student, m, cfg, cost: dict, seconds: float, run_dir: Path, out: Path) -> None:
+    """The student folder with its card, the run's cost file, and the card's val figures."""
     card = StudentCard(
-        method=method,
+        method=m.name,
         teacher_dir=cfg.teacher,
         teacher_weights=student.teacher_weights,
-        teacher_kind=teacher.info.kind,
+        teacher_kind=m.ctx.teacher.info.kind,
         path=student.path_name,
         prediction=student.prediction,
         sampler=m.sampler,
         steps=m.steps(),
         guidance_scale=m.guidance_scale(),
         train_config=to_dict(cfg),
-        train_cost=cost.record(seconds),
+        train_cost=cost,
         method_info=m.card(),
     )
     card.train_config["train_seconds"] = round(seconds, 1)
@@ -214,11 +229,10 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         record_metrics(out, cfg.eval_count, cfg.data.root, teacher_guidance=cfg.teacher_guidance)
     c = card.train_cost
     print(
-        f"student saved to {out} ({method}, steps {card.steps}; cost {c['wall_s'] / 60:.1f} min "
+        f"student saved to {out} ({m.name}, steps {card.steps}; cost {c['wall_s'] / 60:.1f} min "
         f"wall incl. {c['prepare_s']:.0f} s preparation, {c['teacher_nfe']:,} teacher NFE, "
         f"{c['student_passes']:,} student passes)"
     )
-    return out
 
 
 def _check_run_teacher(run_dir: Path, teacher) -> None:
