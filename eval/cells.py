@@ -13,7 +13,9 @@ from torch import Tensor
 
 from samplers.protocol import file_key
 
-AXIS_VERSION = 2  # bump when a metric's definition changes: cached cells become stale
+# bump when a metric's definition changes: cached cells become stale (3: set statistics'
+# intervals by m-out-of-n subsampling)
+AXIS_VERSION = 3
 
 Cell = tuple[str, object, str, int]  # (name, model, sampler, steps)
 

@@ -1,17 +1,23 @@
-"""Intervals over objects: 95% bootstrap intervals for per-object means and for set statistics
-(FID, distribution distances), and paired intervals for the difference of two cells evaluated
-on the same objects and noise. One fixed resampling seed, so reruns give the same intervals."""
+"""Intervals over objects: 95% bootstrap intervals for per-object means, m-out-of-n subsampling
+intervals for set statistics (FID, KID, distribution distances), paired intervals for the
+difference of two cells evaluated on the same objects and noise, and three-way verdicts
+(equivalent / different / inconclusive) against a margin fixed in advance, with Holm's
+correction within a family. One fixed resampling seed, so reruns give the same intervals."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 BOOTSTRAP = 1000  # resamples for per-object means
-SET_BOOTSTRAP = 200  # resamples for set statistics (each one recomputes the statistic)
+SET_BOOTSTRAP = 1000  # subsamples for set statistics (each one recomputes the statistic)
+SUBSAMPLE = 0.5  # set statistics: subsamples of this fraction of the objects, without replacement
 SEED = 1234
+ALPHA = 0.05  # level of every verdict (two one-sided tests, the difference test, Holm)
 
 
 def resamples(n: int, count: int, seed: int = SEED) -> Tensor:
@@ -42,14 +48,34 @@ def paired_ci(a: Tensor, b: Tensor, count: int = BOOTSTRAP) -> tuple[float, floa
     return mean_ci(d, count)
 
 
+def subsamples(n: int, count: int, m: int, seed: int = SEED) -> Tensor:
+    """[count, m] object indices, each row ``m`` distinct objects of ``n`` (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randperm(n, generator=g)[:m] for _ in range(count)])
+
+
+def _subsample_half_width(stats: Tensor, m: int, n: int) -> float:
+    """95% half-width for a root-n statistic from its values on m-of-n subsamples: the spread
+    of the subsample values around their own mean (so the statistic's small-sample bias, e.g.
+    FID's, does not move the interval), rescaled from m to n objects. Without replacement the
+    subsample variance of a mean is (1/m - 1/n) times the population's, hence sqrt(m / (n - m))
+    (Politis & Romano's m-out-of-n subsampling with the finite-population factor)."""
+    dev = stats.double() - stats.double().mean()
+    return _half_width(dev) * math.sqrt(m / (n - m))
+
+
 def set_ci(
     stat: Callable[[Tensor], float], n: int, count: int = SET_BOOTSTRAP
 ) -> tuple[float, float]:
     """A set statistic ``stat(indices)`` on all ``n`` objects and the 95% half-width of its
-    bootstrap over objects (``stat`` is called with resampled object indices)."""
+    m-out-of-n subsampling distribution (``stat`` is called with subsets of distinct objects, so
+    no object counts twice)."""
     full = stat(torch.arange(n))
-    boots = torch.tensor([stat(idx) for idx in resamples(n, count)])
-    return float(full), _half_width(boots)
+    if n < 4:
+        return float(full), float("nan")
+    m = max(2, int(n * SUBSAMPLE))
+    boots = torch.tensor([stat(idx) for idx in subsamples(n, count, m)], dtype=torch.float64)
+    return float(full), _subsample_half_width(boots, m, n)
 
 
 def paired_set_ci(
@@ -58,13 +84,98 @@ def paired_set_ci(
     n: int,
     count: int = SET_BOOTSTRAP,
 ) -> tuple[float, float]:
-    """Difference of two set statistics on the same objects, with a paired bootstrap (both
-    recomputed on the same resampled objects)."""
+    """Difference of two set statistics on the same objects, with paired subsampling (both
+    recomputed on the same subsets of distinct objects)."""
     full = stat_a(torch.arange(n)) - stat_b(torch.arange(n))
-    boots = torch.tensor([stat_a(i) - stat_b(i) for i in resamples(n, count)])
-    return float(full), _half_width(boots)
+    if n < 4:
+        return float(full), float("nan")
+    m = max(2, int(n * SUBSAMPLE))
+    boots = torch.tensor(
+        [stat_a(i) - stat_b(i) for i in subsamples(n, count, m)], dtype=torch.float64
+    )
+    return float(full), _subsample_half_width(boots, m, n)
 
 
 def excludes_zero(diff: float, half: float) -> bool:
     """A paired difference is resolved when its 95% interval excludes zero."""
     return bool(abs(diff) > half) if half == half else False
+
+
+EQUIVALENT, DIFFERENT, INCONCLUSIVE = "equivalent", "different", "inconclusive"
+
+
+@dataclass
+class Verdict:
+    """One comparison against a margin: the verdict, its p-values and what would decide it."""
+
+    verdict: str  # equivalent | different | inconclusive
+    diff: float
+    half: float  # 95% half-width of the paired difference
+    margin: float
+    p_equivalent: float  # two one-sided tests: max of the two one-sided p-values
+    p_different: float  # two-sided test of a zero difference
+    objects_to_decide: int | None = None  # inconclusive: objects that would decide it
+
+
+def _normal_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def verdict(diff: float, half: float, margin: float, objects: int) -> Verdict:
+    """Three-way verdict of a paired difference (mean ``diff``, 95% half-width ``half`` over
+    ``objects`` objects) against ``margin`` (> 0, fixed before the data): *equivalent* when two
+    one-sided tests put it inside (-margin, margin), *different* when it excludes zero and exceeds
+    the margin, else *inconclusive*, with the objects that would decide it at this variance.
+    p-values from the normal approximation of the bootstrap (SE = half / 1.96); Holm's
+    correction (:func:`holm`) may turn a verdict inconclusive."""
+    if not margin > 0:
+        raise ValueError(f"a margin must be > 0, got {margin}")
+    if half != half or half <= 0 or objects < 2:
+        return Verdict(INCONCLUSIVE, diff, half, margin, 1.0, 1.0)
+    se = half / 1.959963984540054
+    p_eq = max(_normal_sf((diff + margin) / se), _normal_sf((margin - diff) / se))
+    p_diff = min(1.0, 2 * _normal_sf(abs(diff) / se))
+    return _decide(Verdict(INCONCLUSIVE, diff, half, margin, p_eq, p_diff), objects, ALPHA)
+
+
+def _decide(v: Verdict, objects: int, alpha_eq: float, alpha_diff: float | None = None) -> Verdict:
+    """Fill in the verdict from the p-values at the given levels."""
+    alpha_diff = alpha_eq if alpha_diff is None else alpha_diff
+    if v.p_equivalent <= alpha_eq:
+        v.verdict = EQUIVALENT
+    elif v.p_different <= alpha_diff and abs(v.diff) > v.margin:
+        v.verdict = DIFFERENT
+    else:
+        v.verdict = INCONCLUSIVE
+    v.objects_to_decide = None if v.verdict != INCONCLUSIVE else objects_to_decide(v, objects)
+    return v
+
+
+def objects_to_decide(v: Verdict, objects: int) -> int:
+    """Objects at which the interval, shrinking as 1/sqrt(objects) at the measured variance,
+    would decide: inside the margin (|d| < margin) or clear of zero beyond it."""
+    gap = v.margin - abs(v.diff) if abs(v.diff) < v.margin else abs(v.diff)
+    if gap <= 0 or v.half != v.half:
+        return -1  # on the margin itself: no number of objects decides it
+    return int(math.ceil(objects * (v.half / gap) ** 2))
+
+
+def holm(verdicts: list[Verdict], objects: list[int], alpha: float = ALPHA) -> list[Verdict]:
+    """Holm's step-down correction within one family of verdicts, for each of its two tests
+    (equivalence and difference); returns the verdicts decided at the corrected levels."""
+    k = len(verdicts)
+    levels = {}
+    for test in ("p_equivalent", "p_different"):
+        order = sorted(range(k), key=lambda i: getattr(verdicts[i], test))
+        passed, lv = True, [0.0] * k
+        for rank, i in enumerate(order):
+            level = alpha / (k - rank)
+            passed = passed and getattr(verdicts[i], test) <= level
+            lv[i] = 1.0 if passed else 0.0  # 1: rejects at its Holm level
+        levels[test] = lv
+    out = []
+    for i, v in enumerate(verdicts):
+        w = Verdict(v.verdict, v.diff, v.half, v.margin, v.p_equivalent, v.p_different)
+        # a test that passed Holm is decided at level 1 (any p), one that did not at level 0
+        out.append(_decide(w, objects[i], levels["p_equivalent"][i], levels["p_different"][i]))
+    return out
