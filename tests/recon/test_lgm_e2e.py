@@ -124,3 +124,16 @@ def test_recon_eval_refuses_data_off_the_rig(lgm_dir, tiny_data_root, tmp_path):
 
     with pytest.raises(ValueError, match=r"the reconstructor takes 4 views at .*\(90, 0\)"):
         eval_recon(str(lgm_dir), 2, str(tmp_path), str(tiny_data_root), "cpu")
+
+
+def test_bench_times_each_reconstructor_at_its_size(lgm_dir, tmp_path):
+    from tiny_util import tiny_recon
+
+    from distill.bench_recon import bench_recon
+
+    tiny_recon(16, seed=0).save_pretrained(tmp_path / "lab")
+    rows = bench_recon([str(tmp_path / "lab"), str(lgm_dir)], tmp_path / "b.json", 1, "cpu")
+    assert [r["kind"] for r in rows] == ["lab", "lgm"]
+    assert [r["gaussians"] for r in rows] == [4 * 16 * 16, 4 * 8 * 8]
+    assert all(r["median_s"] > 0 and r["gflops"] > 0 for r in rows)
+    assert json.loads((tmp_path / "b.json").read_text())["cases"][1]["image_size"] == 16
