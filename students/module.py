@@ -167,7 +167,13 @@ class Student(nn.Module):
         if self.cfg.lora_rank > 0:
             load_adapter_state(self.net.unet, keys.split("lora", sd))
         else:
-            self.net.load_state_dict({k: v.float() for k, v in keys.split("net", sd).items()})
+            # a full student's folder holds its UNet only: a teacher's frozen parts (VAE, image
+            # encoders) come from the teacher folder, so only UNet keys may be missing
+            net_sd = {k: v.float() for k, v in keys.split("net", sd).items()}
+            res = self.net.load_state_dict(net_sd, strict=False)
+            lost = [k for k in res.missing_keys if k.startswith("unet.")] + res.unexpected_keys
+            if lost:
+                raise ValueError(f"student weights do not fit the teacher's network: {lost[:5]}")
         for name in keys.EMBEDS:
             mod = getattr(self, name)
             if mod is not None:

@@ -121,7 +121,8 @@ class Zero123PlusTeacher(DiffusersTeacher):
         """Encoder states [B, L, D]: text("") + ramp * CLIP image embedding; text("") alone for
         the null condition."""
         px = self._normalise(self._resize((cond + 1) / 2, self.clip_pre), self.clip_pre)
-        enc = self.vision_encoder(px.to(self.prompt_embeds.dtype)).image_embeds  # [B, D]
+        with torch.no_grad():  # frozen: a student trains the UNet only
+            enc = self.vision_encoder(px.to(self.prompt_embeds.dtype)).image_embeds  # [B, D]
         keep = (~null).to(enc.dtype)[:, None, None]
         image = enc[:, None, :] * self.ramp[None, :, None] * keep
         return self.prompt_embeds.expand(cond.shape[0], -1, -1) + image
