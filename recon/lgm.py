@@ -163,7 +163,7 @@ class LGMReconstructor(GaussianReconstructor):
         """The network's 14 channels per Gaussian [B, V*h*w, 14] (LGM's forward_gaussians
         before its activations)."""
         b, v = x.shape[:2]
-        out = self.conv(self.unet(x.flatten(0, 1)))
+        out = self.conv(self.unet(x.flatten(0, 1).to(self.conv.weight.dtype)))
         return out.reshape(b, v, OUT, -1).permute(0, 1, 3, 2).reshape(b, -1, OUT)
 
     def forward(self, views: Tensor, viewmats: Tensor, Ks: Tensor) -> Gaussians:
