@@ -170,6 +170,26 @@ def _untile(x: Tensor, grid: _Grid, width: int, height: int) -> Tensor:
     return x.reshape(I, ty * tile, tx * tile, -1)[:, :height, :width]
 
 
+def _prepare(
+    g: Gaussians,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    tile: int,
+    near: float = 0.01,
+    far: float = 1e10,
+    eps2d: float = 0.3,
+) -> tuple[_Grid, Projected, _Bins, Tensor, Tensor]:
+    """Steps 1-3 of the tile rasterizer: project, bin into tiles, pixel centres."""
+    dev, dt = g.means.device, g.means.dtype
+    grid = _Grid(viewmats.shape[0], tile, math.ceil(width / tile), math.ceil(height / tile))
+    p = project(g, viewmats, Ks, width, height, near, far, eps2d)
+    bins = _bin(p, g.means.shape[-2], grid, dt)
+    pix_all, outside = _pixel_centres(grid, width, height, dt, dev)
+    return grid, p, bins, pix_all, outside
+
+
 def rasterize_cpu(
     g: Gaussians,
     viewmats: Tensor,
@@ -189,11 +209,9 @@ def rasterize_cpu(
     Returns rgb [I, H, W, C], alpha [I, H, W, 1], expected depth [I, H, W, 1]. Tiles are
     composited in depth chunks that start at ``chunk`` Gaussians and double up to ``max_chunk``.
     """
-    dev, dt = g.means.device, g.means.dtype
-    grid = _Grid(viewmats.shape[0], tile, math.ceil(width / tile), math.ceil(height / tile))
-    p = project(g, viewmats, Ks, width, height, near, far, eps2d)
-    bins = _bin(p, g.means.shape[-2], grid, dt)
-    pix_all, outside = _pixel_centres(grid, width, height, dt, dev)
+    grid, p, bins, pix_all, outside = _prepare(
+        g, viewmats, Ks, width, height, tile, near, far, eps2d
+    )
     T, rgb, dep = _composite_tiles(p, bins, pix_all, outside, chunk, max_chunk)
     return _finish(
         _untile(rgb, grid, width, height),
@@ -210,12 +228,8 @@ def gaussian_weights(
     """[I, N]: each Gaussian's largest compositing weight over the pixels of each of I renders
     (g [I, N], viewmats [I, 4, 4]; the CPU tile rasterizer's compositing): how much it can
     change a pixel of that render."""
-    dev, dt = g.means.device, g.means.dtype
-    grid = _Grid(viewmats.shape[0], tile, math.ceil(width / tile), math.ceil(height / tile))
-    p = project(g, viewmats, Ks, width, height)
-    bins = _bin(p, g.means.shape[-2], grid, dt)
-    pix_all, outside = _pixel_centres(grid, width, height, dt, dev)
-    wmax = torch.zeros(p.means2d.shape[0], dtype=dt, device=dev)
+    _, p, bins, pix_all, outside = _prepare(g, viewmats, Ks, width, height, tile)
+    wmax = torch.zeros(p.means2d.shape[0], dtype=g.means.dtype, device=g.means.device)
     _composite_tiles(p, bins, pix_all, outside, 16, 64, wmax)
     return wmax.reshape(viewmats.shape[0], -1)
 
