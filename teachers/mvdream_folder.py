@@ -245,5 +245,7 @@ def key_patterns(keys) -> list[str]:
     transformer blocks, resampler layers): equal for every size of the same architecture."""
     import re
 
-    pat = re.compile(r"((?:input_blocks|output_blocks|transformer_blocks|image_embed\.layers)\.)\d+")
+    pat = re.compile(
+        r"((?:input_blocks|output_blocks|transformer_blocks|image_embed\.layers)\.)\d+"
+    )
     return sorted({pat.sub(r"\1#", k) for k in keys})
