@@ -136,6 +136,13 @@ def zero123plus(out: Path, view_size: int = 16, seed: int = 0) -> Path:
     clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
     _image_processor(out / "feature_extractor_clip", view_size, clip_mean, clip_std, 3)
     _image_processor(out / "feature_extractor_vae", view_size, 0.5, 0.8, 2)
+    _zero123plus_configs(out, tokens)
+    _write_json(out / "multiview.json", {"image_size": view_size})
+    return out
+
+
+def _zero123plus_configs(out: Path, tokens: int) -> None:
+    """Zero123++'s scheduler config and model_index.json (with its ramping coefficients)."""
     _write_json(
         out / "scheduler" / "scheduler_config.json",
         {
@@ -172,8 +179,6 @@ def zero123plus(out: Path, view_size: int = 16, seed: int = 0) -> Path:
             "vision_encoder": ["transformers", "CLIPVisionModelWithProjection"],
         },
     )
-    _write_json(out / "multiview.json", {"image_size": view_size})
-    return out
 
 
 def mvdream_unet_config(image: bool, width: int = 32) -> dict:
