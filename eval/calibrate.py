@@ -30,6 +30,7 @@ class CalibrateConfig:
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
     batch: int = 32
+    set_resamples: int = 1000  # subsets per FID/KID/unseen-distance interval (>= 1000 to report)
     noise: tuple[float, ...] = (0.02, 0.05, 0.1)  # pixel std in [0, 1] units
     blur: tuple[float, ...] = (0.5, 1.0, 1.5)  # Gaussian sigma in pixels
     colour: tuple[float, ...] = (0.02, 0.05, 0.1)  # RGB shift (+s, 0, -s) on object pixels
@@ -128,7 +129,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     b = ds.batch(list(range(cfg.objects)))
     seeds = [int(s) for s in b["seeds"]]
     truth = Truth.from_batch(b, ds.rig, ds.world.version)
-    axis = QualityAxis(truth, recon, FeatureEncoder.from_pretrained(cfg.encoder), batch=cfg.batch)
+    encoder = FeatureEncoder.from_pretrained(cfg.encoder)
+    axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
     clean = axis.evaluate(truth.targets)
     rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
     cases = list(degradations(cfg, truth, seeds, ds.world, axis.object_mask))

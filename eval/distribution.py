@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eval.stats import paired_set_ci, set_ci
+from eval.stats import SET_BOOTSTRAP, paired_set_ci, set_ci
 
 
 @torch.no_grad()
@@ -48,21 +48,25 @@ def _stat(fn, real: Tensor, fake: Tensor):
     return lambda idx: fn(real[idx].flatten(0, 1), fake[idx].flatten(0, 1))
 
 
-def distribution_metrics(real: Tensor, fake: Tensor) -> dict[str, float]:
-    """FID and KID (with 95% bootstrap half-widths) between true and generated features
-    [B, V, F] of the same objects."""
+def distribution_metrics(
+    real: Tensor, fake: Tensor, count: int = SET_BOOTSTRAP
+) -> dict[str, float]:
+    """FID and KID (with 95% subsampling half-widths from ``count`` subsets) between true and
+    generated features [B, V, F] of the same objects."""
     n = real.shape[0]
     out = {}
     for name, fn in (("fid", frechet), ("kid", kid)):
-        out[name], out[name + "_ci95"] = set_ci(_stat(fn, real, fake), n)
+        out[name], out[name + "_ci95"] = set_ci(_stat(fn, real, fake), n, count)
     return out
 
 
-def paired_distribution(real: Tensor, fake_a: Tensor, fake_b: Tensor) -> dict[str, float]:
+def paired_distribution(
+    real: Tensor, fake_a: Tensor, fake_b: Tensor, count: int = SET_BOOTSTRAP
+) -> dict[str, float]:
     """FID and KID of cell a minus cell b on the same objects, with paired 95% half-widths."""
     n = real.shape[0]
     out = {}
     for name, fn in (("fid", frechet), ("kid", kid)):
-        d, h = paired_set_ci(_stat(fn, real, fake_a), _stat(fn, real, fake_b), n)
+        d, h = paired_set_ci(_stat(fn, real, fake_a), _stat(fn, real, fake_b), n, count)
         out[name + "_diff"], out[name + "_diff_ci95"] = d, h
     return out

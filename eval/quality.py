@@ -15,9 +15,15 @@ from torch import Tensor
 from eval.distribution import distribution_metrics, features, paired_distribution
 from eval.geometry import chamfer, silhouette_iou
 from eval.metrics import lpips_distance, psnr, ssim
-from eval.seen import _render_depth, masked_psnr, seen_and_object_masks, seen_metrics
-from eval.sharpness import sharpness_ratio
-from eval.stats import mean_ci, paired_ci, paired_set_ci, set_ci
+from eval.seen import (
+    _render_depth,
+    masked_psnr,
+    seen_and_object_masks,
+    seen_metrics,
+    seen_views,
+)
+from eval.sharpness import hf_correlation, sharpness_log_error, sharpness_ratio
+from eval.stats import SET_BOOTSTRAP, mean_ci, paired_ci, paired_set_ci, set_ci
 from eval.unseen import BACK_VIEW, read_backs, unseen_distance
 from scenes.rig import Rig
 from scenes.samples import unpack_gaussians
@@ -28,6 +34,8 @@ PER_OBJECT = {
     "seen_psnr_view0": True,
     "seen_ssim": True,
     "sharpness": None,  # 1.0 is best: below is blur, above is grain
+    "sharpness_log_error": False,  # per view |log energy ratio|: blur and grain both count
+    "hf_correlation": True,  # the truth's detail on seen pixels; noise is not detail
     "averaged_rate": False,
     "e2e_psnr": True,
     "e2e_ssim": True,
@@ -68,8 +76,18 @@ class QualityAxis:
     masks, features and renders are computed once. Without a reconstructor the 3D figures are
     left out, without an encoder FID/KID."""
 
-    def __init__(self, truth: Truth, recon, encoder, batch: int = 32, device="cpu", lpips=None):
+    def __init__(
+        self,
+        truth: Truth,
+        recon,
+        encoder,
+        batch: int = 32,
+        device="cpu",
+        lpips=None,
+        set_resamples: int = SET_BOOTSTRAP,
+    ):
         self.truth, self.recon, self.encoder, self.lpips = truth, recon, encoder, lpips
+        self.set_resamples = set_resamples  # subsets per set-statistic interval
         self.batch, self.device = batch, torch.device(device)
         rig = truth.rig
         masks, objs, alphas = [], [], []
@@ -82,6 +100,7 @@ class QualityAxis:
             objs.append(obj)
             alphas.append(_render_depth(g, rig.heldout_viewmats, rig.K, rig.size)[0])
         self.seen_mask, self.object_mask = torch.cat(masks), torch.cat(objs)
+        self.seen_views = seen_views(self.seen_mask, self.object_mask)  # pooled seen figures
         self.heldout_alpha = torch.cat(alphas)
         self.real_features = features(encoder, truth.targets) if encoder is not None else None
         self.truth_means = unpack_gaussians(truth.gaussians).means
@@ -92,8 +111,10 @@ class QualityAxis:
         """Per-object tensors [B] of every PER_OBJECT metric, plus ``back_read`` [B] and
         ``features`` [B, V, F] for the set metrics."""
         t = self.truth
-        out = seen_metrics(views, t.targets, self.seen_mask)
+        out = seen_metrics(views, t.targets, self.seen_mask, self.seen_views)
         out["sharpness"] = sharpness_ratio(views, t.targets, self.object_mask)
+        out["sharpness_log_error"] = sharpness_log_error(views, t.targets, self.object_mask)
+        out["hf_correlation"] = hf_correlation(views, t.targets, self.seen_mask)
         p = psnr(views, t.targets)
         out["view0_psnr"], out["unseen_psnr"] = p[:, 0], p[:, 1:].mean(1)
         if self.has_backs:
@@ -147,10 +168,11 @@ class QualityAxis:
         if "back_read" in m:
             read = m["back_read"]
             row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
-                lambda idx: unseen_distance(read[idx]), len(read)
+                lambda idx: unseen_distance(read[idx]), len(read), self.set_resamples
             )
         if "features" in m:
-            row.update(distribution_metrics(self.real_features, m["features"]))
+            k = self.set_resamples
+            row.update(distribution_metrics(self.real_features, m["features"], k))
         return row
 
     def paired(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, float]:
@@ -165,9 +187,11 @@ class QualityAxis:
                 lambda idx: unseen_distance(ra[idx]),
                 lambda idx: unseen_distance(rb[idx]),
                 len(ra),
+                self.set_resamples,
             )
         if "features" in a and "features" in b:
-            row.update(paired_distribution(self.real_features, a["features"], b["features"]))
+            fa, fb, k = a["features"], b["features"], self.set_resamples
+            row.update(paired_distribution(self.real_features, fa, fb, k))
         return row
 
 

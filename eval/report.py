@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from eval.seen import SEEN_SHARE_FLOOR
 from eval.stats import excludes_zero
 from eval.verdicts import VERDICT_METRICS
 
@@ -152,6 +153,11 @@ def report(rows: list[dict], meta: dict) -> str:
         " rendering the evaluation views is `render ms`, on its own.",
         "",
         f"World: version {meta['world_version']}. {meta['world_note']}",
+        "",
+        "Seen side: `seen PSNR` and `seen SSIM` pool the target views whose seen share reaches"
+        f" {SEEN_SHARE_FLOOR:g} of their object pixels: views"
+        f" {', '.join(map(str, meta.get('seen_views', []))) or 'none'}; `view-0 seen PSNR` is"
+        " view 0's alone.",
         "",
         f"Metrics that decide verdicts (they pass `docs/metrics/calibration.md`): "
         f"{', '.join(usable) or 'none'}."

@@ -61,6 +61,7 @@ class SweepConfig:
     split: str = "test"  # test: the final report; val: choosing recipes and checkpoints
     objects: int = 256  # objects in the evaluation set
     batch: int = 32  # objects per generation batch
+    set_resamples: int = 1000  # subsets per FID/KID/unseen-distance interval (>= 1000 to report)
     latency_repeats: int = 3  # timed runs (median) after warm-up, batch 1
     throughput_batch: int = 16
     reference_steps: int = 50  # teacher steps of the reference every row is paired against
@@ -102,7 +103,13 @@ class Sweep:
         self.seeds = [int(s) for s in b["seeds"]]
         self.lpips, self.lpips_missing = load_lpips()  # once per sweep
         self.axis = QualityAxis(
-            self.truth, self.recon, self.encoder, cfg.batch, self.device, self.lpips
+            self.truth,
+            self.recon,
+            self.encoder,
+            cfg.batch,
+            self.device,
+            self.lpips,
+            cfg.set_resamples,
         )
         self.hashes = {
             "teacher": self.teacher.weights_key(),
@@ -112,6 +119,7 @@ class Sweep:
             "split": cfg.split,
             "seeds": seeds_hash(self.seeds),
             "axis": AXIS_VERSION,
+            "set_resamples": cfg.set_resamples,
             "reference_steps": cfg.reference_steps,  # teacher_psnr and vs_ref_* depend on it
             "lpips": self.lpips is not None,
         }
@@ -260,11 +268,19 @@ class Sweep:
             "world_version": self.world.version,
             "world_note": (
                 "Back classes are drawn from a known distribution: unseen_dist applies."
+                + (
+                    " In version 2 the back also shows in the condition image (it is painted"
+                    " by half-space, not by what the condition camera sees), so unseen-side"
+                    " figures partly measure the input; version 3 hides it."
+                    if self.world.version == 2
+                    else ""
+                )
                 if self.axis.has_backs
                 else "The models' own world: backs drawn freely, so unseen_dist does not apply"
                 " (see Missing metrics)."
             ),
             "reference": f"teacher@{self.cfg.reference_steps} (euler)",
+            "seen_views": self.axis.seen_views,
             "hashes": self.hashes,
             "verdict_metrics": usable,
             "unusable_metrics": unusable,

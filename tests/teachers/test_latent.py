@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from tiny_util import ROOT, smoke_train_args, tiny_vae
+from tiny_util import ROOT, smoke_train_args, tiny_recon, tiny_vae
 
 from distill.methods import METHODS
 from students.folder import LoadedStudent
@@ -135,7 +135,6 @@ def test_a_grid_that_holds_the_rig_feeds_the_reconstructor_its_views(latent_teac
     names that point at other cameras, or too few, are a clear error."""
     import shutil
 
-    from recon.model import ReconConfig, Reconstructor
     from scenes.model_views import check_views_fit
     from scenes.world import WorldConfig
     from serve.pipeline import Pipeline
@@ -157,11 +156,7 @@ def test_a_grid_that_holds_the_rig_feeds_the_reconstructor_its_views(latent_teac
                 check_views_fit(load_teacher(folder), rig4)
     (folder / "multiview.json").write_text(json.dumps(mv))
     torch.manual_seed(0)
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(tmp_path / "recon")
+    tiny_recon(16).save_pretrained(tmp_path / "recon")
     pipe = Pipeline.from_pretrained(folder, tmp_path / "recon", device="cpu")
     views, g, _ = pipe(torch.zeros(1, 3, 16, 16), steps=1, seed=0)
     assert views.shape[1] == 6 and pipe.recon_views == [2, 0, 3, 5]

@@ -1,21 +1,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_util import ROOT, student_card, tiny_recon, tiny_student
 
 from eval.distribution import distribution_distances
 from eval.encoder import FeatureEncoder
 from eval.report import amortised
 from eval.sweep import Sweep, SweepConfig
-from recon.model import ReconConfig, Reconstructor
-from students.card import StudentCard
-from students.module import Student, StudentConfig
 from teachers.io import load_teacher
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +18,16 @@ def sweep_assets(tiny_teacher_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     t = load_teacher(tiny_teacher_dir)
     torch.manual_seed(1)
-    s = Student(t, StudentConfig(second_time=True))
-    card = StudentCard(
-        method="shortcut",
-        teacher_dir=str(tiny_teacher_dir),
-        teacher_weights=s.teacher_weights,
-        teacher_kind="lab",
+    s = tiny_student(t, "shortcut")
+    card = student_card(
+        s,
+        tiny_teacher_dir,
         path="linear",
         prediction="velocity",
-        sampler="shortcut",
-        steps=[1, 2],
         train_config={"train_seconds": 60.0},
     )
     s.save_pretrained(root / "shortcut", card)
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(root / "recon")
+    tiny_recon(16).save_pretrained(root / "recon")
     FeatureEncoder(width=8).save_pretrained(root / "encoder", {})
     return root
 
@@ -57,6 +44,7 @@ def _cfg(assets, data_root, tmp_path, **kw):
         objects=4,
         batch=4,
         latency_repeats=2,
+        set_resamples=50,  # the reported sweep uses 1000; a smoke run needs fewer
         throughput_batch=2,
         reference_steps=3,
     )
@@ -182,11 +170,7 @@ def test_unsupported_steps_and_missing_folder(sweep_assets, tiny_data_root, tmp_
 
 
 def test_reconstructor_of_another_size_is_refused(sweep_assets, tiny_data_root, tmp_path):
-    Reconstructor(
-        ReconConfig(
-            image_size=8, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(tmp_path / "recon8")
+    tiny_recon(8).save_pretrained(tmp_path / "recon8")
     with pytest.raises(ValueError, match=r"works at 8px, teacher .* at 16px"):
         Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, recon=str(tmp_path / "recon8")))
 

@@ -5,10 +5,10 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_util import ROOT, tiny_recon
 
 from eval.distribution import frechet, kid
 from eval.geometry import silhouette_iou
@@ -20,8 +20,6 @@ from scenes.objects import back_class, make_object
 from scenes.rig import make_rig
 from scenes.samples import make_samples
 from scenes.world import WorldConfig, back_class_probs, back_classes, world_config, world_id
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_masked_psnr_counts_only_masked_pixels():
@@ -169,13 +167,8 @@ def test_frechet_and_kid_known_answers():
 
 def test_calibrate_cli_smoke(tmp_path):
     from eval.encoder import FeatureEncoder
-    from recon.model import ReconConfig, Reconstructor
 
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(tmp_path / "recon")
+    tiny_recon(16).save_pretrained(tmp_path / "recon")
     FeatureEncoder(width=8).save_pretrained(tmp_path / "encoder", {})
     r = subprocess.run(
         [
@@ -187,6 +180,7 @@ def test_calibrate_cli_smoke(tmp_path):
             f"out={tmp_path / 'cal'}",
             f"data_root={tmp_path / 'data'}",
             "objects=6",
+            "set_resamples=50",
             f"recon={tmp_path / 'recon'}",
             f"encoder={tmp_path / 'encoder'}",
             "batch=6",
@@ -215,7 +209,6 @@ def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
     from eval.encoder import FeatureEncoder
     from eval.metrics import ALEXNET_FILE, load_lpips
     from eval.quality import QualityAxis, Truth
-    from recon.model import ReconConfig, Reconstructor
 
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
@@ -232,11 +225,7 @@ def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):
     assert lp is not None and reason == ""
     rig = make_rig(tiny_world)
     b = make_samples([1, 2, 3], tiny_world, rig)
-    recon = Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).eval()
+    recon = tiny_recon(16).eval()
     axis = QualityAxis(Truth.from_batch(b, rig, 2), recon, FeatureEncoder(width=8).eval(), lpips=lp)
     same = axis.evaluate(b["targets"])
     other = axis.evaluate(b["targets"].roll(1, 0))
@@ -299,14 +288,9 @@ def test_teacher_eval_cli_on_val_split(tiny_teacher_dir, tmp_path):
 def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
     from eval.calibrate import CalibrateConfig, calibrate
     from eval.encoder import FeatureEncoder
-    from recon.model import ReconConfig, Reconstructor
     from scenes.data import make_split
 
-    Reconstructor(
-        ReconConfig(
-            image_size=16, channels=[16, 32], attention=[False, True], norm_groups=8, head_dim=8
-        )
-    ).save_pretrained(tmp_path / "recon")
+    tiny_recon(16).save_pretrained(tmp_path / "recon")
     FeatureEncoder(width=8).save_pretrained(tmp_path / "encoder", {})
     make_split(tmp_path / "d1", "test", 2, WorldConfig(version=1, image_size=16, gaussians=64))
     cfg = CalibrateConfig(
