@@ -58,7 +58,7 @@ def _pipeline_demo(out_dir: Path, students: list[Path]) -> None:
     from teachers.io import load_teacher
 
     teacher = load_teacher(SHIPPED / "teacher")
-    ds = open_split(DATA_ROOT, "test", 4, model_world(teacher.meta, teacher.info.image_size))
+    ds = open_split(DATA_ROOT, "test", 4, model_world(teacher.record, teacher.info.image_size))
     b = ds.batch(list(range(4)))
     rows = [("condition | truth", torch.cat([b["cond"][:1], b["targets"][0]]), None)]
     runs = [(SHIPPED / "teacher", 50)] + [(s, 1) for s in students]

@@ -310,8 +310,8 @@ def condition_images(args) -> tuple[list[str], list[torch.Tensor], list[int]]:
     )
     if len(students) < 2:
         raise SystemExit(f"need at least two students under {args.students} to swap")
-    recon = Reconstructor.load("shipped/recon")
-    world = model_world(recon.info, recon.cfg.image_size)  # the shipped models' world
+    recon = Reconstructor.from_pretrained("shipped/recon")
+    world = model_world(recon.record, recon.cfg.image_size)  # the shipped models' world
     ds = open_split(args.data_root, "test", args.images, world)
     b = ds.batch(list(range(args.images)))
     images = list(b["cond"])
