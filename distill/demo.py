@@ -28,7 +28,9 @@ def demo(out: str, args: list[str]) -> None:
         data_cmd.make("val", 50, [f"root={out_dir / 'data'}", *args])
         data_cmd.show(10_000_000, str(out_dir / "sheet.png"), args)
         return
-    _pipeline_demo(out_dir, students)
+    # the reconstructor: the sweep's recon=FOLDER (the lab's or an LGM folder), else shipped
+    recon = next((a.split("=", 1)[1] for a in args if a.startswith("recon=")), None)
+    _pipeline_demo(out_dir, students, Path(recon) if recon else SHIPPED / "recon")
     from distill.config import load_config
     from eval.sweep import Sweep, SweepConfig
 
@@ -49,7 +51,7 @@ def demo(out: str, args: list[str]) -> None:
     print(f"demo outputs under {out_dir}: sheet.png, *.ply, sweep/report.md, sweep/pareto.png")
 
 
-def _pipeline_demo(out_dir: Path, students: list[Path]) -> None:
+def _pipeline_demo(out_dir: Path, students: list[Path], recon: Path) -> None:
     from recon.gaussians import save_ply
     from scenes.data import open_split
     from scenes.preview import contact_sheet
@@ -64,7 +66,7 @@ def _pipeline_demo(out_dir: Path, students: list[Path]) -> None:
     runs = [(SHIPPED / "teacher", 50)] + [(s, 1) for s in students]
     for folder, steps in runs:
         pipe = Pipeline.from_pretrained(
-            folder, SHIPPED / "recon", teacher=teacher if folder.name != "teacher" else None
+            folder, recon, teacher=teacher if folder.name != "teacher" else None
         )
         views, g, tm = pipe(b["cond"], steps=steps, seed=[int(s) for s in b["seeds"]])
         save_ply(g.map(lambda t: t[0]), out_dir / f"{pipe.name}_{steps}step.ply")

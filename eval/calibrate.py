@@ -114,12 +114,12 @@ def _detects(diff: float, half: float, direction: str) -> bool:
 
 def calibrate(cfg: CalibrateConfig) -> dict:
     from eval.encoder import FeatureEncoder
-    from recon.model import Reconstructor
+    from recon.io import load_reconstructor
     from scenes.data import open_eval_split
 
     t0 = time.perf_counter()
-    recon = Reconstructor.from_pretrained(cfg.recon).eval()
-    world = WorldConfig(image_size=recon.cfg.image_size)
+    recon = load_reconstructor(cfg.recon).eval()
+    world = WorldConfig(image_size=recon.rig.image_size)
     ds = open_eval_split(cfg.data_root, "test", cfg.objects, world.image_size, world)
     if ds.world.version < 2:
         raise ValueError(

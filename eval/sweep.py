@@ -37,10 +37,10 @@ from eval.results import write_results
 from eval.stats import mean_ci
 from eval.timing import device_name, git_commit, pipeline_cost
 from eval.verdicts import sharpness_calibrated, usable_metrics, verdicts
-from recon.model import Reconstructor
+from recon.io import load_reconstructor
 from scenes.data import DATA_ROOT, open_eval_split
-from scenes.model_views import check_views_fit
-from scenes.world import model_world, world_id
+from scenes.model_views import check_views_fit, recon_world
+from scenes.world import target_views, world_id
 from students.folder import LoadedStudent
 from students.sampling import sample_views
 from teachers.io import load_teacher
@@ -82,19 +82,26 @@ class Sweep:
         self.out = Path(cfg.out)
         self.cache = CellCache(self.out / "cells")
         self.teacher = load_teacher(cfg.teacher).to(self.device)
-        self.recon = Reconstructor.from_pretrained(cfg.recon).to(self.device).eval()
+        # the lab's reconstructor or an LGM folder: one interface (recon/base.py)
+        self.recon = load_reconstructor(cfg.recon).to(self.device).eval()
         self.encoder = FeatureEncoder.from_pretrained(cfg.encoder)
-        world = model_world(self.recon.record, self.recon.cfg.image_size)
+        world = recon_world(self.recon)  # its training world, or the world at its rig
         self.recon_world = world  # the rig every model's views must be
         self.models, self.skipped = self._load_models()
-        if self.recon.cfg.image_size != self.teacher.info.image_size:
+        if self.recon.rig.image_size != self.teacher.info.image_size:
             raise ValueError(
-                f"reconstructor {cfg.recon} works at {self.recon.cfg.image_size}px, teacher "
+                f"reconstructor {cfg.recon} works at {self.recon.rig.image_size}px, teacher "
                 f"{cfg.teacher} at {self.teacher.info.image_size}px"
             )
         ds = open_eval_split(
             cfg.data_root, cfg.split, cfg.objects, self.teacher.info.image_size, world
         )
+        if target_views(ds.world) != self.recon.rig.views:
+            raise ValueError(
+                f"{cfg.data_root}: {cfg.split} views rendered at (azimuth, elevation) "
+                f"{target_views(ds.world)}, but the reconstructor takes "
+                f"{self.recon.rig.describe()}; point data_root at data made at its rig"
+            )
         b = ds.batch(list(range(cfg.objects)))
         self.world = ds.world
         self.rig = ds.rig
@@ -113,7 +120,7 @@ class Sweep:
         )
         self.hashes = {
             "teacher": self.teacher.weights_key(),
-            "recon": folder_hash(cfg.recon, "model.safetensors"),
+            "recon": self.recon.weights_key(),  # the lab's: its model.safetensors hash
             "encoder": folder_hash(cfg.encoder, "model.safetensors"),
             "world": world_id(ds.world),
             "split": cfg.split,
