@@ -119,15 +119,10 @@ def test_shipped_models_compute_what_they_computed_when_recorded(tmp_path):
     """The refactor guard: the shipped teacher, students and reconstructor give the tensors that
     scripts/shipped_samples.py recorded (bit-identical on the recording machine's torch and CPU;
     within 1e-5 where another CPU's kernels may round differently)."""
-    import importlib.util
-
     from safetensors import safe_open
+    from tiny_util import script
 
-    spec = importlib.util.spec_from_file_location(
-        "shipped_samples", ROOT / "scripts" / "shipped_samples.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = script("shipped_samples")
     with safe_open(str(mod.OUT), framework="pt") as f:
         recorded = {k: f.get_tensor(k) for k in f.keys()}
         where = f.metadata()["machine"]

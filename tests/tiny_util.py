@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from distill.methods import SMOKE_SETTINGS
 
 METHOD_SMOKE = SMOKE_SETTINGS  # per method: settings small enough for two updates
 ROOT = Path(__file__).resolve().parents[1]  # the repository
+
+
+def script(name: str):
+    """The module ``scripts/<name>.py`` (the scripts are not a package): fixture builders, the
+    shipped-samples recorder."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def student_inputs(b: int = 2, seed: int = 0):

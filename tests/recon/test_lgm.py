@@ -1,12 +1,11 @@
 """The LGM-compatible reconstructor: the published layout, the folder format, its inputs."""
 
-import importlib.util
 import json
 import shutil
 
 import pytest
 import torch
-from tiny_util import ROOT
+from tiny_util import ROOT, script
 
 from recon.lgm import IMAGENET_MEAN, IMAGENET_STD, LGMReconstructor, lgm_config
 from recon.lgm_folder import check_layout
@@ -17,12 +16,7 @@ LAYOUT = json.loads((ROOT / "recon" / "lgm_layout.json").read_text())
 
 
 def fixture_module():
-    spec = importlib.util.spec_from_file_location(
-        "make_lgm_fixture", ROOT / "scripts" / "make_lgm_fixture.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script("make_lgm_fixture")
 
 
 @pytest.fixture(scope="module")

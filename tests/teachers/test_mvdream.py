@@ -1,7 +1,6 @@
 """The MVDream / ImageDream family: its multi-view attention, its cameras, its published layout,
 and its tiny fixtures loading, sampling and distilling through the lab."""
 
-import importlib.util
 import json
 import math
 import shutil
@@ -9,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from tiny_util import ROOT, smoke_train_args
+from tiny_util import ROOT, script, smoke_train_args
 
 from recon.cameras import orbit_viewmat
 from teachers.mv_unet import Attention, MultiViewUNetModel, TransformerBlock3D
@@ -24,12 +23,7 @@ from teachers.mvdream_folder import key_patterns
 
 
 def _fixtures():
-    spec = importlib.util.spec_from_file_location(
-        "make_fixtures", ROOT / "scripts" / "make_fixtures.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script("make_fixtures")
 
 
 @pytest.fixture(scope="module")

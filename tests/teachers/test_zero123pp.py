@@ -6,11 +6,10 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from tiny_util import ROOT, smoke_train_args
+from tiny_util import ROOT, script, smoke_train_args
 
 from samplers.sampling import generate, guided
 from teachers.base import tile_views, untile_views
@@ -18,8 +17,7 @@ from teachers.families import classify, unknown_unet_keys
 from teachers.io import load_teacher
 from teachers.reference_attention import ReferenceAttnProcessor
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_fixtures import zero123plus  # noqa: E402
+zero123plus = script("make_fixtures").zero123plus
 
 LAYOUT = json.loads((ROOT / "teachers" / "layouts" / "zero123plus.json").read_text())
 
