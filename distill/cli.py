@@ -46,6 +46,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     p.add_argument("--out", default="runs/bench/lora.json", help="output JSON")
 
+    p = bsub.add_parser("recon", help="each reconstructor's forward at its own rig size")
+    p.add_argument("names", nargs="+", help="reconstructor folders, or lgm-big (random weights)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (median) after warm-up")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", default="runs/bench/recon.json", help="output JSON")
+
 
 def _add_teacher(sub) -> None:
     teacher = sub.add_parser("teacher", help="train, sample and evaluate the multi-view teacher")
@@ -210,6 +216,11 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.sub == "recon":
+        from distill.bench_recon import bench_recon
+
+        bench_recon(args.names, args.out, args.repeats, args.device)
+        return
     if args.sub == "lora":
         from distill.bench_lora import bench_lora
 

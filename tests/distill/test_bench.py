@@ -43,3 +43,17 @@ def test_bench_lora_cli_reports_merged_and_unmerged_calls(tiny_teacher_dir, tmp_
     rep = json.loads((tmp_path / "lora.json").read_text())
     assert rep["max_abs_output_difference"] < 1e-4 and rep["merged_over_teacher"] > 0
     assert set(rep["call_ms"]) == {"teacher", "student_unmerged", "student_merged"}
+
+
+def test_bench_recon_cli_times_a_reconstructor_folder(tmp_path):
+    from tiny_util import tiny_recon
+
+    tiny_recon(16, seed=0).save_pretrained(tmp_path / "recon")
+    r = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "bench", "recon", str(tmp_path / "recon"),
+         "--repeats", "1", "--device", "cpu", "--out", str(tmp_path / "recon.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    (case,) = json.loads((tmp_path / "recon.json").read_text())["cases"]
+    assert case["image_size"] == 16 and case["median_s"] > 0 and case["gflops"] > 0
