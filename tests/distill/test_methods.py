@@ -363,7 +363,7 @@ def test_dmd2_backward_simulation_and_steps(tiny_teacher_dir, tiny_data_root):
     seen = set()
     for k in range(12):
         b = m.batch(torch.Generator().manual_seed(k))
-        x, tt = m.generatestudent_inputs(student, b["cond"], torch.Generator().manual_seed(k))
+        x, tt = m.generate_inputs(student, b["cond"], torch.Generator().manual_seed(k))
         assert x.shape[1:] == student.noise_shape() and torch.all(tt == tt[0])
         seen.add(round(float(tt[0]), 4))
     assert seen == {1.0, 0.75, 0.5, 0.25}

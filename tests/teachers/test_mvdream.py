@@ -245,7 +245,8 @@ def test_a_method_trains_imagedream_on_its_own_views(folders, tmp_path):
     from students.folder import LoadedStudent
 
     run, data = tmp_path / "run", tmp_path / "data"
-    args = smoke_train_args("finetune", folders["imagedream"], run, data, 4, "student.lora_rank=4")
+    extra = ("student.lora_rank=4", "eval_count=0")  # card figures: the train smoke tests'
+    args = smoke_train_args("finetune", folders["imagedream"], run, data, 4, *extra)
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     ds = WorldDataset(data, "train")

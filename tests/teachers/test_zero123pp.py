@@ -288,7 +288,8 @@ def test_an_mvdream_folder_without_its_adapter_is_refused_naming_it(tmp_path, mo
 
 def test_one_method_distils_the_fixture_for_two_updates(fixture_dir, tmp_path):
     run = tmp_path / "run"
-    args = smoke_train_args("consistency", fixture_dir, run, tmp_path / "data", 4)
+    # eval_count=0: the val figures of a card are the train smoke tests' (a 50-step reference)
+    args = smoke_train_args("consistency", fixture_dir, run, tmp_path / "data", 4, "eval_count=0")
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     card = json.loads((run / "student" / "student.json").read_text())
