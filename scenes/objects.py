@@ -285,10 +285,12 @@ def _painted(
             w = torch.sigmoid((shape.means[sl] @ d_cond) / 0.03)[:, None]
         else:  # version 3: the front where the condition camera sees the surface
             w = shape.front_w[sl]
-        c = w * _paint(coord, front) + (1 - w) * _paint(coord, back_scheme)
+        front_paint = _paint(coord, front)
+        c = w * front_paint + (1 - w) * _paint(coord, back_scheme)
         shade = 0.55 + 0.45 * torch.clamp(shape.normals[sl] @ light, min=0)
         cols.append(c * shade[:, None])
-        fronts.append(_paint(coord, front) * shade[:, None])
+        if cfg.version >= 3:  # the condition's painting (up to version 2 it is the object's own)
+            fronts.append(front_paint * shade[:, None])
         start += n
     g = Gaussians(
         means=shape.means,
