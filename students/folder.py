@@ -184,6 +184,16 @@ class LoadedStudent(nn.Module):
     supported_steps = property(lambda self: list(self.card.steps))
     own_sampler = property(lambda self: self.card.sampler)
 
+    def sampling_times(self, steps: int, shift: float = 1.0) -> Tensor:
+        """The lab times its card records for ``steps`` (sCM's angles), else the uniform grid
+        from ``start_time`` that ``generate`` builds for any model."""
+        from samplers.sampling import time_grid
+
+        own = self.card.method_info.get("sampling_times", {}).get(str(steps))
+        if own is not None:
+            return torch.tensor(own, dtype=torch.float32)
+        return time_grid(steps, shift, float(self.start_time))
+
     def weights_key(self) -> str:
         """Hash of every weights file of the folder (per-step stages included)."""
         return folder_key(self.folder)

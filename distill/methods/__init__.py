@@ -9,6 +9,7 @@ from distill.methods.finetune import Finetune
 from distill.methods.meanflow import MeanFlow
 from distill.methods.progressive import Progressive
 from distill.methods.reflow import Reflow
+from distill.methods.scm import SCM
 from distill.methods.shortcut import Shortcut
 
 METHODS: dict[str, type[Method]] = {
@@ -19,6 +20,7 @@ METHODS: dict[str, type[Method]] = {
     "meanflow": MeanFlow,
     "dmd2": DMD2,
     "finetune": Finetune,
+    "scm": SCM,
 }
 
 # per method: settings that make a run of a few updates cheap (the smoke tests, the GPU check)
@@ -43,6 +45,7 @@ SMOKE_SETTINGS: dict[str, list[str]] = {
         "method.coupling_steps=2",
         "method.gan_weight=0.01",
     ],
+    "scm": ["method.tangent_warmup=1"],
 }
 
 

@@ -36,6 +36,7 @@ def test_every_method_declares_its_needs():
         "meanflow": Needs(path="linear", prediction="velocity", second_time=True),
         "reflow": Needs(path="linear", prediction="velocity"),
         "shortcut": Needs(second_time=True),
+        "scm": Needs(prediction="velocity"),
     }
     for name, cls in METHODS.items():
         assert cls.needs == wanted.get(name, Needs()), name
