@@ -50,32 +50,61 @@ def schema(method_cls) -> type:
 
 class Cost:
     """The run's measured training cost, carried through checkpoints so resumes add up. Teacher
-    NFE are summed over the training processes at every update."""
+    NFE and the method's own network passes are summed over the training processes at every
+    update.
 
-    def __init__(self, teacher: CountingTeacher, prepare_s: float, passes_per_update: int):
+    ``network_passes`` counts samples through every pass of every network (a batch of B counts
+    B): the loop's student forward and backward per row, the teacher's evaluations (its NFE,
+    couplings included), and what the method runs itself (``Method.passes``: generator chains,
+    EMA targets, JVPs, round teachers, the fake score's forward and backward). ``student_passes``
+    is their sum, the one figure that compares methods."""
+
+    def __init__(self, teacher: CountingTeacher, prepare_s: float, passes_per_update: int, method):
         self.teacher, self.prepare_s, self.per_update = teacher, prepare_s, passes_per_update
+        self.method = method
         self.updates = 0
         self.earlier_nfe = 0  # earlier (killed) runs' teacher NFE
         self.nfe = teacher.nfe  # this run's, all processes, as of the last update
+        self.earlier_passes = dict.fromkeys(method.passes, 0)  # earlier runs' method passes
+        self.passes = dict(method.passes)  # this run's, all processes
 
     def count(self, step: int, _model) -> None:
         self.updates = step
         self.nfe = process_sum(self.teacher.nfe)
+        self.passes = {k: process_sum(v) for k, v in self.method.passes.items()}
+
+    def _method_passes(self) -> dict[str, int]:
+        return {k: self.earlier_passes.get(k, 0) + v for k, v in self.passes.items()}
 
     def state_dict(self) -> dict:
-        return {"teacher_nfe": self.earlier_nfe + self.nfe, "prepare_s": self.prepare_s}
+        return {
+            "teacher_nfe": self.earlier_nfe + self.nfe,
+            "prepare_s": self.prepare_s,
+            "method_passes": self._method_passes(),
+        }
 
     def load_state_dict(self, sd: dict) -> None:  # earlier runs' cost plus this run's so far
         self.earlier_nfe = sd["teacher_nfe"]
         self.prepare_s += sd["prepare_s"]
+        self.earlier_passes.update(sd.get("method_passes", {}))
+
+    def network_passes(self) -> dict[str, int]:
+        """Samples through each kind of network pass, the whole run."""
+        loop = self.updates * self.per_update  # the loop's student rows
+        passes = {"teacher_forward": self.earlier_nfe + self.nfe, "student_backward": loop}
+        for k, v in self._method_passes().items():
+            passes[k] = v + (loop if k == "student_forward" else 0)
+        return passes
 
     def record(self, train_s: float) -> dict:
+        passes = self.network_passes()
         return {
             "wall_s": round(self.prepare_s + train_s, 3),
             "prepare_s": round(self.prepare_s, 3),
             "train_s": round(train_s, 3),
             "teacher_nfe": self.earlier_nfe + self.nfe,
-            "student_passes": self.updates * self.per_update,
+            "student_passes": sum(passes.values()),
+            "network_passes": passes,
             "updates": self.updates,
             "machine": machine(),
         }
@@ -88,7 +117,7 @@ def machine() -> str:
     return f"cpu {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
 
 
-def _student_world(asked: WorldConfig, teacher) -> WorldConfig:
+def student_world(asked: WorldConfig, teacher) -> WorldConfig:
     """Students learn on their teacher's world: the one the teacher records, unless the config
     names another explicitly (then it must be the same world). A teacher without a record that
     names its cameras (a diffusers folder's multiview.json) gets data rendered from them."""
@@ -129,7 +158,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     run_dir = Path(cfg.run_dir or f"runs/students/{method}")
     device = train_device()
     teacher = CountingTeacher(load_teacher(cfg.teacher).requires_grad_(False).to(device))
-    cfg.world = _student_world(cfg.world, teacher)
+    cfg.world = student_world(cfg.world, teacher)
     if cfg.world.image_size != teacher.info.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but the teacher makes "
@@ -144,7 +173,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
     with device, main_first():  # built with the student (target networks); couplings made once
         m.prepare(student)
     per_update = cfg.train.batch_size * cfg.train.grad_accum * process_count()  # all processes
-    cost = Cost(teacher, time.perf_counter() - t_prepare, per_update)
+    cost = Cost(teacher, time.perf_counter() - t_prepare, per_update, m)
 
     def step_fn(model, step, draws):  # model: accelerate's wrapper, for the optimised forward
         return student_loss(model, student, m.targets(unwrap(model), draws))
@@ -164,6 +193,7 @@ def train_student(method: str, args: list[str], teacher_dir: str | None = None) 
         on_step=on_step,
     )
     cost.updates = cfg.train.steps  # all done, also when a resumed run had none left to do
+    ema = m.final_ema(ema)  # the loop's EMA, or the method's own average of its last stage
     if ema is not None:
         ema.copy_to(student)
     out = Path(cfg.out or run_dir / "student")

@@ -27,6 +27,10 @@ class Targets:
     loss: str = "l2"  # l2 | pseudo_huber
     huber_c: float = 0.0  # pseudo-Huber constant c (absolute, on the whole sample vector)
     space: str = "raw"  # raw: the student's own parametrization; else converted (velocity, x0)
+    t_min: float = 0.0  # > 0: the conversion to ``space`` runs at max(t, t_min) (a floor)
+    weight: Tensor | None = None  # per-sample loss weight [B] (a constant: no gradient)
+    adaptive_p: float = 0.0  # > 0: MeanFlow's adaptive weight sg(1 / (err^2 + c)^p) per sample
+    adaptive_c: float = 1e-3  # its c
 
 
 TEACHERS = "teacher"  # in Needs: keep the teacher's path or parametrization
@@ -131,10 +135,17 @@ def regression_loss(output: Tensor, tg: Targets) -> dict[str, Tensor]:
         per = pseudo_huber(diff, tg.huber_c)
     else:
         raise ValueError(f"unknown loss {tg.loss!r}; valid: l2, pseudo_huber")
+    plain = per
+    if tg.weight is not None:
+        per = per * tg.weight.detach().to(per.dtype)
+    if tg.adaptive_p > 0:  # Geng et al. 2025: sg(w) ||delta||^2, w = 1 / (||delta||^2 + c)^p
+        per = per * (per.detach() + tg.adaptive_c).pow(-tg.adaptive_p)
     terms = {"loss": per.mean()}
+    if per is not plain:  # the unweighted regression error, for the log
+        terms["l2"] = plain.mean().detach()
     for name, mask in (tg.groups or {}).items():
         if mask.any():
-            terms[name] = per[mask].mean().detach()
+            terms[name] = plain[mask].mean().detach()
     return terms
 
 
@@ -160,8 +171,24 @@ def student_loss(model, student, tg: Targets) -> dict[str, Tensor]:
         kw["w"] = tg.w
     out = model(tg.x_t, tg.t, tg.cond, **kw)
     if tg.space != "raw":  # the target's parametrization (velocity, x0)
-        out = convert(get_path(student.path_name), out, tg.x_t, tg.t, student.prediction, tg.space)
+        path, pred = get_path(student.path_name), student.prediction
+        if tg.t_min > 0:  # both converted at the floored time, as the lab teacher's loss
+            target = convert(path, tg.target, tg.x_t, tg.t, tg.space, pred)
+            out, target = in_velocity_like(path, pred, tg, out, target, tg.space)
+            return regression_loss(out, replace(tg, target=target))
+        out = convert(path, out, tg.x_t, tg.t, pred, tg.space)
     return regression_loss(out, tg)
+
+
+def in_velocity_like(path, prediction: str, tg: Targets, out: Tensor, target: Tensor, space: str):
+    """``out`` and ``target`` (both in ``prediction``) converted to ``space`` at max(t, t_min):
+    for an x0 network on the linear path in velocity space the squared error is
+    |x0 error|^2 / max(t, t_min)^2, the loss the lab teacher trains on."""
+    t = tg.t.clamp(min=tg.t_min)
+    return (
+        convert(path, out, tg.x_t, t, prediction, space),
+        convert(path, target, tg.x_t, t, prediction, space),
+    )
 
 
 @dataclass
@@ -217,10 +244,22 @@ def uncounted(teacher: torch.nn.Module) -> torch.nn.Module:
     return teacher.inner if isinstance(teacher, CountingTeacher) else teacher
 
 
+# network passes a method runs besides the loop's student forward and backward and the teacher
+# (counted by CountingTeacher): per sample, a batch of B counts B; a JVP counts one pass
+PASS_KINDS = (
+    "student_forward",  # the student itself, without gradient (generator chains, x_hat)
+    "student_jvp",  # a Jacobian-vector product through the student (MeanFlow's du/dt)
+    "target_forward",  # an EMA target network or EMA student (consistency, shortcut)
+    "round_teacher_forward",  # progressive's earlier-round student as teacher
+    "fake_forward",  # DMD2's fake-score network (and its GAN head on top)
+    "fake_backward",
+)
+
+
 class Method:
     """Base of the methods: batch in, targets out. Subclasses set ``name``, ``Config``,
     ``sampler`` and ``needs`` and implement :meth:`targets`; the rest are hooks with no-op
-    defaults."""
+    defaults. Every network pass a method runs itself is counted in ``passes`` (the cost)."""
 
     name = ""
     sampler = "euler"  # how its students are sampled
@@ -229,6 +268,16 @@ class Method:
 
     def __init__(self, cfg, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
+        self.passes = dict.fromkeys(PASS_KINDS, 0)  # this process, this run
+
+    def count(self, kind: str, rows: int) -> None:
+        """Count ``rows`` samples through a network pass of ``kind`` (one of PASS_KINDS)."""
+        self.passes[kind] += int(rows)
+
+    def final_ema(self, ema):
+        """The weight average the finished student takes (the loop's EMA, or None: the raw
+        weights); a method with a last stage of its own may average that stage only."""
+        return ema
 
     def prepare(self, student) -> None:
         """Work before training (e.g. caching couplings); must be resumable."""
@@ -278,6 +327,11 @@ class Method:
     def card(self) -> dict:
         """Extra facts for student.json (e.g. progressive's updates per round)."""
         return {}
+
+    def top_time(self) -> float:
+        """Where sampling starts: 1 (pure noise), or an eps teacher's last trained time, where
+        its x0 is still defined; grids of teacher steps run from here down to 0."""
+        return float(getattr(self.ctx.teacher, "start_time", 1.0))
 
     def guidance_scale(self) -> float:
         """The w fed to guidance-conditioned students at sampling (1.0 otherwise)."""

@@ -1,8 +1,18 @@
 """Teacher couplings: (noise, teacher sample) pairs made once per run and cached in shards
-(reflow trains on them; DMD2's regression term regresses them)."""
+(reflow trains on them; DMD2's regression term regresses them).
+
+Coupling i draws noise seed (seed + i) and object ``coupling_objects(...)[i]``: successive
+random permutations of all ``objects`` train objects (a generator seeded with ``seed``), so the
+couplings spread over every object the run may draw from, each object used at most
+ceil(count / objects) times, and coupling i is the same whatever ``count`` or the shard size.
+A shard's file name carries everything that changes its content (its range, teacher steps,
+guidance, seed, object count and a digest of the world and the objects' seeds), so a reused run
+folder never reuses another setting's shards; the teacher's weights are the run folder's own
+guard (distill/train_cmd.py refuses a run folder of other teacher weights)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +21,28 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from samplers.sampling import generate, generators_for, per_sample_noise
+
+
+def coupling_objects(count: int, objects: int, seed: int) -> torch.Tensor:
+    """The object index of each of ``count`` couplings: successive random permutations of
+    range(objects) from a generator seeded with ``seed``."""
+    if objects < 1:
+        raise ValueError(f"couplings need at least one train object, got {objects}")
+    g = torch.Generator().manual_seed(seed)
+    reps = -(-count // objects)
+    return torch.cat([torch.randperm(objects, generator=g) for _ in range(reps)])[:count]
+
+
+def data_digest(data, objects: int) -> str:
+    """A short digest of the world and the first ``objects`` objects (their seeds)."""
+    h = hashlib.sha1()
+    world = getattr(data, "world", None)
+    h.update(repr(world).encode())
+    table = getattr(data, "data", None)
+    seeds = table.get("seeds") if isinstance(table, dict) else None
+    if seeds is not None:
+        h.update(seeds[:objects].cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
 
 
 def make_couplings(
@@ -27,17 +59,19 @@ def make_couplings(
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Create (or finish) ``count`` couplings of ``steps`` teacher Euler steps, ``batch`` per
-    shard, coupling i from noise seed ``seed + i`` and object ``i mod objects``; return them
-    all, in order, on the teacher's device."""
+    shard, coupling i from noise seed ``seed + i`` and object ``coupling_objects(...)[i]`` of
+    the first ``objects`` (all by default); return them all, in order, on the teacher's device."""
     folder.mkdir(parents=True, exist_ok=True)
     n_obj = len(data) if objects is None else objects
+    which = coupling_objects(count, n_obj, seed)
+    setting = f"s{steps}-w{guidance:g}-seed{seed}-n{n_obj}-{data_digest(data, n_obj)}"
     parts = []
     bar = tqdm(total=count, desc="reflow couplings", unit="pair", disable=not progress)
     for first in range(0, count, batch):
         n = min(batch, count - first)
-        path = folder / f"couplings-{first:06d}-{n:04d}-s{steps}-w{guidance:g}.safetensors"
+        path = folder / f"couplings-{first:06d}-{n:04d}-{setting}.safetensors"
         if not path.exists():
-            idx = [(first + i) % n_obj for i in range(n)]
+            idx = which[first : first + n].tolist()
             seeds = [seed + first + i for i in range(n)]
             cond = data.batch(idx)["cond"]
             x1, _ = generate(teacher, cond, steps, seeds, "euler", guidance, decode=False)

@@ -12,13 +12,20 @@ the teacher's own denoising objective and is updated ``fake_updates`` times per 
    x0 estimate there.
 3. Distribution matching: noise x_hat to x_t, take the guided teacher's x0 estimate (real) and
    the fake network's (fake); grad = (fake - real) / mean|x_hat - real| per sample.
-4. Target x_hat - grad (a constant): the regression's gradient at x_hat is grad, as DMD's
-   0.5 ||x_hat - sg(x_hat - grad)||^2. A ``regression_fraction`` of the batch instead regresses
-   the teacher's ODE sample from the same noise (DMD's regression loss, on cached couplings).
+4. Target x_hat - grad / 2 (a constant): under the loop's mean squared error its gradient at
+   x_hat is grad / N, that of DMD2's distribution-matching loss 0.5 ||x_hat - sg(x_hat -
+   grad)||^2 averaged over the N elements (tianweiy/DMD2, main/sd_guidance.py,
+   compute_distribution_matching_loss: ``0.5 * F.mse_loss(x, (x - grad).detach())``); the GAN
+   term's weight below is relative to that loss, as in the paper. A ``regression_fraction`` of
+   the batch instead regresses the teacher's ODE sample from the same noise (DMD's regression
+   loss, plain L2 on cached couplings; DMD2 itself drops it).
 5. Optional GAN head (``gan_weight`` > 0; off by default, as on CPU): a linear classifier on the
    fake-score network's pooled mid-block features tells noised data from noised generator
    samples; it trains with the fake network (``disc_weight``), and the generator's
    non-saturating loss enters the target as the equivalent shift of step 4.
+The generator is trained on its k-step chain only (``generator_steps``: the states after 0..k-1
+of its own steps), so the student advertises k steps only; every network pass (generator
+chains, the fake score's forward and backward, the head) is counted in the cost.
 """
 
 from __future__ import annotations
@@ -56,6 +63,20 @@ class DMD2Config:
     disc_weight: float = 1.0  # the classifier's loss weight in the fake network's update
 
 
+def middle_block(unet: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """The UNet's middle block (diffusers' ``mid_block``, the LDM layout's ``middle_block``)
+    and the width of its output (its last convolution's channels)."""
+    for name in ("mid_block", "middle_block"):
+        block = getattr(unet, name, None)
+        if block is not None:
+            convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+            return block, convs[-1].out_channels
+    raise ValueError(
+        f"method.gan_weight > 0 needs a teacher UNet with a middle block; "
+        f"{type(unet).__name__} has neither mid_block nor middle_block"
+    )
+
+
 def dm_gradient(x_hat: Tensor, real_x0: Tensor, fake_x0: Tensor) -> Tensor:
     """DMD's normalised score difference: (fake - real) / mean |x_hat - real| per sample."""
     dims = tuple(range(1, x_hat.ndim))
@@ -89,11 +110,9 @@ class DMD2(Method):
         ).eval()
         params = [p for p in self.fake.parameters() if p.requires_grad]
         if self.cfg.gan_weight > 0:
-            unet = self.fake.net.unet
-            if getattr(unet, "mid_block", None) is None:
-                raise ValueError("method.gan_weight > 0 needs a teacher UNet with a mid block")
-            unet.mid_block.register_forward_hook(lambda m, i, out: self._features.append(out))
-            self.head = torch.nn.Linear(unet.config.block_out_channels[-1], 1)
+            block, width = middle_block(self.fake.net.unet)
+            block.register_forward_hook(lambda m, i, out: self._features.append(out))
+            self.head = torch.nn.Linear(width, 1)
             params += list(self.head.parameters())
         self.fake_opt = torch.optim.AdamW(params, lr=self.cfg.fake_lr)
         self._fake_params = params
@@ -116,11 +135,12 @@ class DMD2(Method):
         (k shared by the batch)."""
         b, d = cond.shape[0], as_draws(gen, cond.shape[0])
         x = d.randn(*student.noise_shape())
-        grid = time_grid(self.cfg.generator_steps)
+        grid = time_grid(self.cfg.generator_steps, 1.0, self.top_time())
         k = int(torch.randint(self.cfg.generator_steps, (1,), generator=d.gen, device=d.gen.device))
         path = get_path(student.path_name)
         for i in range(k):  # backward simulation: the generator's own chain
             x0 = output_as(student, x, grid[i].expand(b), cond, "x0")
+            self.count("student_forward", b)
             x = interpolate(path, x0, d.randn(*x.shape[1:]), grid[i + 1])
         return x, grid[k].expand(b).clone()
 
@@ -128,11 +148,14 @@ class DMD2(Method):
         """The GAN classifier's logit per sample (real > 0) on the fake network's features."""
         self._features.clear()
         self.fake(x_t, t, cond)
-        return self._classify()
+        self.count("fake_forward", x_t.shape[0])
+        return self._classify(x_t.shape[0])
 
-    def _classify(self) -> Tensor:
-        """The classifier on the fake network's last (pooled) mid-block output."""
-        return self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
+    def _classify(self, b: int) -> Tensor:
+        """The classifier on the fake network's last (pooled) mid-block output; a UNet that
+        runs the views as a batch (MVDream's) gives one feature map per view: their mean logit."""
+        logit = self.head(self._features[-1].mean(dim=(2, 3)))[:, 0]
+        return logit.reshape(b, -1).mean(dim=1) if logit.shape[0] != b else logit
 
     def _noised(self, x0: Tensor, gen: torch.Generator | Draws) -> tuple[Tensor, Tensor, Tensor]:
         """x0 noised at t ~ U[t_min, t_max]: (x_t, t, eps)."""
@@ -147,19 +170,24 @@ class DMD2(Method):
         x_t, t = self.generate_inputs(student, cond, gen)
         with torch.no_grad():
             x_hat = output_as(student, x_t, t, cond, "x0")
+        self.count("student_forward", len(x_hat))
         noisy, tau, eps = self._noised(x_hat, gen)
         target = from_x0_eps(self.ctx.path, x_hat, eps, tau, self.fake.prediction)
         self.fake.train()
         loss = ((self.fake(noisy, tau, cond) - target) ** 2).mean()
+        backward_rows = len(noisy)
+        self.count("fake_forward", len(noisy))
         if self.head is not None:  # the classifier: noised data (real) vs noised samples
-            fake_logit = self._classify()  # features of the denoising pass just run
+            fake_logit = self._classify(len(noisy))  # features of the denoising pass just run
             data = self.batch(gen)
             real_noisy, real_tau, _ = self._noised(data["targets"], gen)
             real_logit = self.logits(real_noisy, real_tau, data["cond"])
             disc = F.softplus(-real_logit).mean() + F.softplus(fake_logit).mean()
             loss = loss + self.cfg.disc_weight * disc
+            backward_rows += len(real_noisy)
         self.fake_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.count("fake_backward", backward_rows)
         average_gradients(self._fake_params)  # every process steps the same fake network
         self.fake_opt.step()
         self.fake.eval()
@@ -181,8 +209,10 @@ class DMD2(Method):
             noisy, tau, _ = self._noised(x_hat, gen)
             real, _ = self.teacher_x0_eps(noisy, tau, cond)
             fake = output_as(self.fake, noisy, tau, cond, "x0")
-            # 4. the target whose regression gradient is the DM gradient
-            target = x_hat - dm_gradient(x_hat, real, fake)
+            self.count("student_forward", n)
+            self.count("fake_forward", n)
+            # 4. the target whose regression gradient is DMD2's 0.5 ||x - sg(x - grad)||^2's
+            target = x_hat - 0.5 * dm_gradient(x_hat, real, fake)
         if self.head is not None:  # 5. the GAN term, as a shift of the same target
             target = target - self.cfg.gan_weight * self.gan_shift(x_hat, cond, gen)
         groups = None
@@ -194,7 +224,11 @@ class DMD2(Method):
         nr = len(i) if nr_all else 0  # this process's regression rows
         if nr:
             x_t, t, target = x_t.clone(), t.clone(), target.clone()
-            x_t[:nr], t[:nr], target[:nr] = self.pairs["eps"][i], 1.0, self.pairs["x1"][i]
+            x_t[:nr], t[:nr], target[:nr] = (
+                self.pairs["eps"][i],
+                self.top_time(),
+                self.pairs["x1"][i],
+            )
             cond = cond.clone()
             cond[:nr] = self.ctx.data.batch(self.pairs["index"][i])["cond"]
             groups = {"regression": torch.arange(n) < nr, "dm": torch.arange(n) >= nr}
@@ -207,12 +241,13 @@ class DMD2(Method):
         noisy, tau, _ = self._noised(x, gen)
         loss = F.softplus(-self.logits(noisy, tau, cond)).mean()
         (grad,) = torch.autograd.grad(loss, x)
+        self.count("fake_backward", len(x))
         return grad * x[0].numel() * x.shape[0] / 2  # d(mean (x - target)^2)/dx = 2 (x - t) / N
 
     def steps(self) -> list[int]:
-        """Step counts whose times are all trained states of the generator's chain."""
-        k = self.cfg.generator_steps
-        return [n for n in range(1, k + 1) if k % n == 0]
+        """The trained chain only: k steps (fewer steps would start steps from states the
+        generator never saw: its input at a shared time comes from another chain)."""
+        return [self.cfg.generator_steps]
 
     def state_dict(self) -> dict:
         sd = {"fake": self.fake.trainable_state(), "fake_opt": self.fake_opt.state_dict()}

@@ -6,6 +6,15 @@ the previous round's student, and the step count halves every round down to ``fi
 Each round starts from the previous round's student with a fresh optimizer and learning-rate
 schedule, as Salimans & Ho do (``restart_per_round: false`` keeps one optimizer for all rounds).
 Each round's weights are kept, so the student folder holds one set per step count.
+
+Weighting (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion
+Models", Sec. 4, "truncated SNR" weighting: L = max(alpha_t^2 / sigma_t^2, 1) ||x - x_hat||^2):
+the loss is the x0 error the student's output implies, weighted per sample by max(SNR(t), 1)
+with SNR = alpha^2 / sigma^2 of the lab's path (samplers/paths.py); on the linear path at
+t = 1/8 that is 49. The target stays in the student's parametrization and the weight carries
+the conversion: x0 depends on the output linearly, x0 = a x_t + c(t) out, so the weight is
+max(SNR, 1) c(t)^2 (c = 1 for an x0 student, -t for a velocity student on the linear path).
+The round teachers (the earlier rounds' students) are network passes of the cost.
 """
 
 from __future__ import annotations
@@ -24,8 +33,19 @@ from samplers.paths import Path, ddim_step, from_x0_eps, interpolate, to_x0_eps
 class ProgressiveConfig:
     start_steps: int = 16  # the teacher's step count; round 1 trains a start_steps/2 student
     final_steps: int = 1  # the last round's step count
-    loss: str = "l2"  # l2 on the student's parametrization
+    loss: str = "l2"  # l2 on the x0 the student implies, weighted by max(SNR, 1)
     restart_per_round: bool = True  # fresh optimizer and warm-up schedule at each round
+
+
+def truncated_snr(path: Path, t: Tensor) -> Tensor:
+    """Salimans & Ho's weight max(alpha^2 / sigma^2, 1) per time."""
+    return (path.alpha(t) ** 2 / path.sigma(t) ** 2).clamp(min=1.0)
+
+
+def x0_coefficient(path: Path, t: Tensor, prediction: str) -> Tensor:
+    """c(t) in x0 = a(t) x_t + c(t) out for a ``prediction`` network's output (x0 is linear in
+    both): an output error e is an x0 error c(t) e."""
+    return to_x0_eps(path, torch.ones_like(t), torch.zeros_like(t), t, prediction)[0]
 
 
 def two_step_target(path: Path, x_t: Tensor, t: Tensor, x_end: Tensor, t_end: Tensor):
@@ -70,6 +90,7 @@ class Progressive(Method):
         else:
             with torch.no_grad():
                 out = self.round_teacher(x, t, cond)
+            self.count("round_teacher_forward", x.shape[0])
             x0, eps = to_x0_eps(self.ctx.path, out, x, t, self.round_teacher.prediction)
         return ddim_step(self.ctx.path, x0, eps, s)
 
@@ -79,8 +100,9 @@ class Progressive(Method):
     def targets(self, student, gen) -> Targets:
         d, x0, cond = self.rows(gen)
         n = self.current_steps()
+        top = self.top_time()  # the sampler's grid: n equal steps from there down to 0
         i = d.randint(1, n + 1).float()
-        t, t_mid, t_end = i / n, (i - 0.5) / n, (i - 1) / n
+        t, t_mid, t_end = top * i / n, top * (i - 0.5) / n, top * (i - 1) / n
         eps = d.randn(*x0.shape[1:])
         path = self.ctx.path
         x_t = interpolate(path, x0, eps, t)
@@ -89,7 +111,8 @@ class Progressive(Method):
             x_end = self._teacher_step(x_mid, t_mid, t_end, cond)
         x0_tg, eps_tg = two_step_target(path, x_t, t, x_end, t_end)
         target = from_x0_eps(path, x0_tg, eps_tg, t, student.prediction)
-        return Targets(x_t=x_t, t=t, cond=cond, target=target, loss=self.cfg.loss)
+        weight = truncated_snr(path, t) * x0_coefficient(path, t, student.prediction) ** 2
+        return Targets(x_t=x_t, t=t, cond=cond, target=target, loss=self.cfg.loss, weight=weight)
 
     def on_step(self, step: int, student) -> bool:
         if step % self.per_round == 0 and self.round < len(self.round_steps):

@@ -8,7 +8,18 @@ The student u(x_t, t, d) predicts the average velocity over a step of size d.
    the average of two half steps of size d/2 of the EMA student; the half steps of the
    smallest bootstrap level (d/2 = 1/M) land on the level the flow part trains.
 The EMA student is the run's EMA (``train.ema_decay``), kept as a callable copy. Sampling with
-N steps uses d = 1/N.
+N steps uses d = 1/N, so the advertised step counts are trained levels: powers of two <= M
+(``steps`` empty: every level up to min(M, 16)); any other count is a ValueError.
+
+Weighting (Frans et al. 2024, "One Step Diffusion via Shortcut Models", Sec. 3, the combined
+shortcut loss: E ||s(x_t, t, 0) - (x1 - x0)||^2 + ||s(x_t, t, 2d) - s_target||^2, both rows a
+plain, equally weighted L2 on the velocity). A velocity student gets exactly that. The lab's
+students keep the teacher's parametrization (x0), whose velocity (x_t - x0_hat) / t has no
+floor: a constant x0 error would weigh 1/t^2 (16,384x more at t = 1/128 than at t = 1) and the
+finest rows near t = 0 would decide every clipped update. Both the output and the target are
+therefore converted to velocity at max(t, ``t_min``) (0.05, the floor the lab teacher's own
+velocity loss uses: configs/teacher/refine.yaml ``loss_t_min``), which leaves a velocity
+student's loss the paper's and weighs an x0 student's rows by (t / max(t, 0.05))^2.
 """
 
 from __future__ import annotations
@@ -29,7 +40,13 @@ class ShortcutConfig:
     bootstrap_fraction: float = 0.25  # share of the batch with self-consistency targets
     from_scratch: bool = False  # flow targets from the data instead of the teacher
     t_sampling: str = "uniform"  # times of the flow (d = 1/M) part
-    steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    t_min: float = 0.05  # time floor of the velocity conversion of non-velocity students
+    steps: list[int] = field(default_factory=list)  # advertised; empty: levels up to min(M, 16)
+
+
+def trained_levels(max_steps: int) -> list[int]:
+    """Step counts N whose step size 1/N shortcut trains: 1, 2, 4, ..., M."""
+    return [2**j for j in range(int(math.log2(max_steps)) + 1)]
 
 
 class Shortcut(Method):
@@ -47,7 +64,19 @@ class Shortcut(Method):
                 "shortcut needs train.ema_decay in (0, 1): its bootstrap targets come from the "
                 f"EMA student (got {ctx.ema_decay})"
             )
+        levels = trained_levels(cfg.max_steps)
+        bad = [n for n in cfg.steps if n not in levels]
+        if bad:
+            raise ValueError(
+                f"method.steps {bad} are not trained levels of method.max_steps="
+                f"{cfg.max_steps}: N steps use d = 1/N, trained for N in {levels}"
+            )
         self.ema: EMA | None = None  # made in prepare, from the student
+
+    def steps(self) -> list[int]:
+        if self.cfg.steps:
+            return sorted(self.cfg.steps)
+        return [n for n in trained_levels(self.cfg.max_steps) if n <= 16]
 
     def prepare(self, student) -> None:
         self.ema = EMA(student, self.ctx.ema_decay, self.ctx.ema_warmup, module=True)
@@ -85,6 +114,7 @@ class Shortcut(Method):
                 x_mid = xb - half.reshape(-1, 1, 1, 1, 1) * v1
                 v2 = self._velocity(ema, x_mid, t_b - half, cb, half)
                 target[:nb] = 0.5 * (v1 + v2)
+                self.count("target_forward", 2 * nb)
             if nf:
                 xf, cf = x_t[nb:], cond[nb:]
                 if self.cfg.from_scratch:
@@ -93,7 +123,16 @@ class Shortcut(Method):
                     tx0, teps = self.teacher_x0_eps(xf, t_f, cf)
                     target[nb:] = from_x0_eps(path, tx0, teps, t_f, "velocity")
         groups = {"bootstrap": torch.arange(bs) < nb, "flow": torch.arange(bs) >= nb}
-        return Targets(x_t=x_t, t=t, cond=cond, target=target, s=s, groups=groups, space="velocity")
+        return Targets(
+            x_t=x_t,
+            t=t,
+            cond=cond,
+            target=target,
+            s=s,
+            groups=groups,
+            space="velocity",
+            t_min=self.cfg.t_min,
+        )
 
     def on_step(self, step: int, student) -> bool:
         self.ema.update(student)
