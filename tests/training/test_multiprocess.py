@@ -48,7 +48,7 @@ def test_two_process_shortcut_writes_once_and_resumes(tiny_teacher_dir, tiny_dat
     assert first.stdout.count("student saved to") == 1  # one process writes the student
     assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
     cost = json.loads((run / "train_cost.json").read_text())
-    assert cost["updates"] == 2 and cost["student_passes"] == 2 * 2 * 2  # batch 2, 2 processes
+    assert cost["updates"] == 2 and cost["network_passes"]["student_backward"] == 2 * 2 * 2  # 2 x 2
     nfe_2 = cost["teacher_nfe"]
     assert nfe_2 > 0 and nfe_2 % 2 == 0  # both processes' teacher calls, counted once each
     # a run stopped after update 2 continues from its checkpoint to update 4
