@@ -46,6 +46,13 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     p.add_argument("--out", default="runs/bench/lora.json", help="output JSON")
 
+    p = bsub.add_parser("teacher", help="one denoising step of each teacher family")
+    p.add_argument("folders", nargs="+", help="teacher folders (lab, Zero123++, MVDream, ...)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls (median) after warm-up")
+    p.add_argument("--threads", type=int, default=0, help="pin torch CPU threads (0: default)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", default="runs/bench/teacher.json", help="output JSON")
+
     p = bsub.add_parser("recon", help="each reconstructor's forward at its own rig size")
     p.add_argument("names", nargs="+", help="reconstructor folders, or lgm-big (random weights)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (median) after warm-up")
@@ -216,6 +223,11 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    if args.sub == "teacher":
+        from distill.bench_teacher import bench_teacher
+
+        bench_teacher(args.folders, args.out, args.repeats, args.device, args.threads)
+        return
     if args.sub == "recon":
         from distill.bench_recon import bench_recon
 

@@ -37,11 +37,36 @@ class ReconTrainConfig:
     run_dir: str = "runs/recon"  # checkpoints, logs, resolved config
     out: str = ""  # final reconstructor folder; default <run_dir>/recon
     init: str = ""  # start from this reconstructor folder's weights (a refinement stage)
+    teacher: str = ""  # train on this teacher folder's rig (its cameras, views and grid rows)
     data: DataSpec = field(default_factory=DataSpec)
     world: WorldConfig = field(default_factory=WorldConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     loss: ReconLossConfig = field(default_factory=ReconLossConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=8))
+
+
+def on_teacher_rig(cfg: ReconTrainConfig) -> ReconTrainConfig:
+    """The config with the world's target rig and the reconstructor's view count and grid rows
+    taken from the teacher folder: the cameras its multiview.json (or its recorded world) names,
+    so world data are rendered there and the sweep and serving can run that teacher through the
+    result. Settings that contradict the teacher are an error naming both."""
+    from dataclasses import replace
+
+    from distill.train_cmd import student_world
+    from teachers.io import load_teacher
+
+    teacher = load_teacher(cfg.teacher)
+    world = student_world(cfg.world, teacher)
+    views, rows = teacher.info.views, teacher.info.grid[0]
+    base = ReconConfig()
+    for key, want in (("views", views), ("rows", rows)):
+        have = getattr(cfg.recon, key)
+        if have != getattr(base, key) and have != want:
+            raise ValueError(
+                f"recon.{key}={have} but teacher {cfg.teacher} makes {views} views in "
+                f"{rows} rows: drop recon.{key} to train on the teacher's rig"
+            )
+    return replace(cfg, world=world, recon=replace(cfg.recon, views=views, rows=rows))
 
 
 def _camera_depth(means: torch.Tensor, viewmats: torch.Tensor) -> torch.Tensor:
@@ -52,6 +77,8 @@ def _camera_depth(means: torch.Tensor, viewmats: torch.Tensor) -> torch.Tensor:
 
 def train_recon(args: list[str]) -> Path:
     cfg = load_config(ReconTrainConfig, args)
+    if cfg.teacher:
+        cfg = on_teacher_rig(cfg)
     if cfg.world.image_size != cfg.recon.image_size:
         raise ValueError(
             f"world.image_size={cfg.world.image_size} but recon.image_size={cfg.recon.image_size}"

@@ -149,9 +149,6 @@ def student_world(asked: WorldConfig, teacher) -> WorldConfig:
     return world
 
 
-_student_world = student_world  # the old name, for callers not yet moved to the new one
-
-
 def train_student(method: str, args: list[str], teacher_dir: str | None = None) -> Path:
     t_prepare = time.perf_counter()
     mcls = get_method(method)

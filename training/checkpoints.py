@@ -102,9 +102,10 @@ class LossLog:
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:
     """State of the parameters that train (all buffers too), by name."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    params = dict(model.named_parameters())  # once: per key it made saving quadratic
+    names = {n for n, p in params.items() if p.requires_grad}
     sd = model.state_dict()
-    return {k: v for k, v in sd.items() if k in names or k not in dict(model.named_parameters())}
+    return {k: v for k, v in sd.items() if k in names or k not in params}
 
 
 def start_from(model: nn.Module, start: nn.Module, name: str, key: str) -> None:

@@ -57,3 +57,27 @@ def test_bench_recon_cli_times_a_reconstructor_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     (case,) = json.loads((tmp_path / "recon.json").read_text())["cases"]
     assert case["image_size"] == 16 and case["median_s"] > 0 and case["gflops"] > 0
+
+
+def test_bench_teacher_measures_each_family_and_the_reference_pass(tiny_teacher_dir, tmp_path):
+    """One step of the lab teacher and of the Zero123++ and MVDream fixtures. Zero123++'s
+    reference pass runs the condition latent (one view) through the same UNet as the 3x2 grid
+    (six views): about a sixth more convolution FLOPs, plus the appended keys in every
+    self-attention; so more than the plain call and well under twice it."""
+    from tiny_util import script
+
+    from distill.cli import main
+
+    fx = script("make_fixtures")
+    zpp, mvd = fx.zero123plus(tmp_path / "zpp"), fx.mvdream(tmp_path / "mvd")
+    out = tmp_path / "teacher.json"
+    args = ["bench", "teacher", str(tiny_teacher_dir), str(zpp), str(mvd), "--repeats", "1"]
+    assert main([*args, "--out", str(out), "--device", "cpu"]) == 0
+    rows = {r["family"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"lab", "zero123plus", "mvdream"}
+    for r in rows.values():
+        assert r["median_s"] > 0 and r["gflops"] > 0 and r["parameters"] > 0
+    z = rows["zero123plus"]
+    assert 1.1 < z["reference_flops_ratio"] < 1.6, z["reference_flops_ratio"]
+    assert z["without_reference"]["gflops"] < z["gflops"]
+    assert "reference_cost_ratio" not in rows["mvdream"]

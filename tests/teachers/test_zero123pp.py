@@ -5,11 +5,10 @@ distillation smoke run."""
 import json
 import re
 import shutil
-import subprocess
 
 import pytest
 import torch
-from tiny_util import ROOT, script, smoke_train_args
+from tiny_util import ROOT, script
 
 from samplers.sampling import generate, guided
 from teachers.base import tile_views, untile_views
@@ -284,18 +283,6 @@ def test_an_mvdream_folder_without_its_adapter_is_refused_naming_it(tmp_path, mo
     monkeypatch.setattr(io, "MVDREAM_MODULE", "teachers.no_such_adapter")
     with pytest.raises(ValueError, match="teachers.no_such_adapter.*not installed"):
         load_teacher(f)
-
-
-def test_one_method_distils_the_fixture_for_two_updates(fixture_dir, tmp_path):
-    run = tmp_path / "run"
-    # eval_count=0: the val figures of a card are the train smoke tests' (a 50-step reference)
-    args = smoke_train_args("consistency", fixture_dir, run, tmp_path / "data", 4, "eval_count=0")
-    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    card = json.loads((run / "student" / "student.json").read_text())
-    assert card["teacher_kind"] == "zero123plus"
-    cfg = (run / "config.yaml").read_text()
-    assert "-10.0" in cfg  # the world was rendered at the teacher's cameras
 
 
 def test_teacher_inspect_prints_the_family_or_the_refusal(fixture_dir, tmp_path, capsys):
