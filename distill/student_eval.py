@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from eval.compare import compare_rows, compare_table, teacher_reference
-from eval.views import eval_objects, generated_sheet, test_objects
-from scenes.world import model_world
+from eval.views import generated_sheet, models_objects, test_objects
 from students.folder import LoadedStudent
 from students.sampling import sample_views
 from teachers.io import load_teacher
@@ -32,8 +31,8 @@ def record_metrics(
     student = LoadedStudent.from_pretrained(folder).to(device)
     card_path = folder / "student.json"
     card = json.loads(card_path.read_text())
-    world = model_world(card, student.info.image_size)
-    truth, seeds = eval_objects(data_root, split, count, student.info.image_size, world)
+    # the world it was trained on (its card's, else its teacher's): other data is refused
+    truth, seeds, ew = models_objects(data_root, split, count, {f"student {folder}": student})
     cond, gt = truth.cond, truth.targets
     teacher = load_teacher(card["teacher_dir"]).to(device)
     ref = teacher_reference(teacher, cond, seeds, REFERENCE_STEPS, guidance=teacher_guidance)
@@ -43,6 +42,7 @@ def record_metrics(
     card["metrics"] = {
         "eval_objects": count,
         "split": split,
+        "world": ew.describe(),
         "reference": f"teacher, {REFERENCE_STEPS} steps",
         "by_steps": {
             str(r["steps"]): {

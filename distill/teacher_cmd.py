@@ -154,13 +154,12 @@ def eval_teacher(
     """The quality axis per step count (seen side, sharpness, unseen side on world version 2,
     FID/KID when the feature encoder exists) on ``split`` (val to choose, test to report),
     JSON + markdown + grid PNG."""
-    from eval.views import eval_objects, quality_table, step_quality, steps_grid, write_json
-    from scenes.world import model_world
+    from eval.views import models_objects, quality_table, step_quality, steps_grid, write_json
     from teachers.io import load_teacher
 
     model = load_teacher(teacher_dir)
-    world = model_world(model.record, model.info.image_size)
-    truth, seeds = eval_objects(data_root, split, count, model.info.image_size, world)
+    # the world it was trained on: data of another world in data_root is refused
+    truth, seeds, ew = models_objects(data_root, split, count, {f"teacher {teacher_dir}": model})
     encoder = None
     if encoder_dir and Path(encoder_dir).exists():
         from eval.encoder import FeatureEncoder
@@ -170,12 +169,12 @@ def eval_teacher(
     out = Path(out_dir)
     table = quality_table(rows)
     meta = {"teacher": teacher_dir, "split": split, "world_version": truth.world_version}
+    meta["world"] = ew.describe()
     write_json({**meta, "rows": rows}, out / "quality.json")
     (out / "quality.md").write_text(
         f"Teacher `{teacher_dir}`, {split} split objects 0..{count - 1} (world version"
-        f" {truth.world_version}), {sampler} sampler; ± is the 95% interval over objects.\n\n"
-        + table
-        + "\n"
+        f" {truth.world_version}, {meta['world']}), {sampler} sampler; ± is the 95% interval"
+        " over objects.\n\n" + table + "\n"
     )
     steps_grid(
         truth.cond,

@@ -8,6 +8,7 @@ import math
 
 from eval.seen import SEEN_SHARE_FLOOR
 from eval.stats import excludes_zero
+from eval.timing_report import timing_lines
 from eval.verdicts import VERDICT_METRICS
 
 PAIRED_COLUMNS = ("seen_psnr", "sharpness", "fid", "unseen_dist")
@@ -152,7 +153,8 @@ def report(rows: list[dict], meta: dict) -> str:
         " excludes zero). `total ms` is what a user waits for: image -> views -> Gaussians;"
         " rendering the evaluation views is `render ms`, on its own.",
         "",
-        f"World: version {meta['world_version']}. {meta['world_note']}",
+        f"World: version {meta['world_version']}"
+        f" ({meta.get('world_source', 'the data folder world')}). {meta['world_note']}",
         "",
         "Seen side: `seen PSNR` and `seen SSIM` pool the target views whose seen share reaches"
         f" {SEEN_SHARE_FLOOR:g} of their object pixels: views"
@@ -192,6 +194,7 @@ def report(rows: list[dict], meta: dict) -> str:
         amort,
         "",
         *[f"- {n}" for n in notes],
+        *timing_lines(rows, meta),
     ]
     if meta["skipped"]:
         lines += ["", "## Skipped", ""] + [f"- {s}" for s in meta["skipped"]]

@@ -35,11 +35,18 @@ from eval.quality import QualityAxis, Truth
 from eval.recon_eval import render_images
 from eval.results import write_results
 from eval.stats import mean_ci
-from eval.timing import device_name, git_commit, pipeline_cost
+from eval.timing import (
+    batch_cost,
+    cell_latencies,
+    device_name,
+    git_commit,
+    network_key,
+    pinned_threads,
+)
 from eval.verdicts import sharpness_calibrated, usable_metrics, verdicts
 from recon.io import load_reconstructor
-from scenes.data import DATA_ROOT, open_eval_split
-from scenes.model_views import check_views_fit, recon_world
+from scenes.data import DATA_ROOT
+from scenes.model_views import check_views_fit, models_world, recon_world
 from scenes.world import target_views, world_id
 from students.folder import LoadedStudent
 from students.sampling import sample_views
@@ -62,7 +69,10 @@ class SweepConfig:
     objects: int = 256  # objects in the evaluation set
     batch: int = 32  # objects per generation batch
     set_resamples: int = 1000  # subsets per FID/KID/unseen-distance interval (>= 1000 to report)
-    latency_repeats: int = 3  # timed runs (median) after warm-up, batch 1
+    # timed rounds at batch 1 after a warm-up round, every cell once per round (interleaved):
+    # median and interquartile range per stage; >= 20 for the reported sweep
+    latency_repeats: int = 20
+    threads: int = 1  # torch threads while timing (0: torch's default), recorded in results.json
     throughput_batch: int = 16
     reference_steps: int = 50  # teacher steps of the reference every row is paired against
     skip_unsupported: bool = False  # skip (with the reason) instead of failing
@@ -93,9 +103,12 @@ class Sweep:
                 f"reconstructor {cfg.recon} works at {self.recon.rig.image_size}px, teacher "
                 f"{cfg.teacher} at {self.teacher.info.image_size}px"
             )
-        ds = open_eval_split(
-            cfg.data_root, cfg.split, cfg.objects, self.teacher.info.image_size, world
-        )
+        # one world: the one the models were trained on (every model must share it), not the
+        # reconstructor's; made in data_root if missing, data of another world refused
+        named = {f"teacher {cfg.teacher}": self.teacher}
+        named |= {f"student {k}": m for k, m in self.models.items() if m is not self.teacher}
+        self.eval_world = models_world(named)
+        ds = self.eval_world.open(cfg.data_root, cfg.split, cfg.objects)
         if target_views(ds.world) != self.recon.rig.views:
             raise ValueError(
                 f"{cfg.data_root}: {cfg.split} views rendered at (azimuth, elevation) "
@@ -198,21 +211,40 @@ class Sweep:
         }
         if "teacher_psnr" in per:
             row["teacher_psnr"], row["teacher_psnr_ci95"] = mean_ci(per["teacher_psnr"])
-        row.update(self.cost(model, sampler, steps))
         return row, per, views
 
-    def cost(self, model, sampler: str, steps: int) -> dict:
-        """Stage latencies at batch 1 (median after warm-up), throughput at a batch, memory."""
-        return pipeline_cost(
-            lambda c, s: self._generate(model, sampler, steps, c, s)[0],
-            self._reconstruct,
-            lambda g: self._render(g, self.rig.heldout_viewmats),
-            self.cond,
-            self.seeds,
-            self.cfg.throughput_batch,
-            self.device,
-            self.cfg.latency_repeats,
-        )
+    def _pipe(self, model, sampler: str, steps: int) -> tuple:
+        """(setup, generate, reconstruct, render) of a cell for eval/timing.py; ``setup`` puts a
+        student on the step count's weights, untimed (None for a teacher)."""
+
+        def setup():
+            model.use_steps(steps)
+
+        def generate(c: Tensor, s: list[int]) -> Tensor:
+            return self._generate(model, sampler, steps, c, s)[0]
+
+        def render(g):
+            return self._render(g, self.rig.heldout_viewmats)
+
+        return (setup if hasattr(model, "use_steps") else None), generate, self._reconstruct, render
+
+    def time_cells(self, cells: list[Cell], rows: list[dict]) -> None:
+        """Every cell's cost into its row, measured now and never cached (timings from another
+        run or load are not comparable): stage latencies at batch 1 interleaved across cells
+        (eval/timing.py), then throughput at a batch and memory, with torch's threads pinned."""
+        pipes = {(n, a, k): self._pipe(m, a, k) for n, m, a, k in cells}
+        cfg = self.cfg
+        with pinned_threads(cfg.threads):
+            lat = cell_latencies(pipes, self.cond, self.seeds, self.device, cfg.latency_repeats)
+            for (name, model, sampler, steps), row in zip(cells, rows):
+                setup, gen, rec, _ = pipes[(name, sampler, steps)]
+                if setup is not None:
+                    setup()
+                row.update(lat[(name, sampler, steps)])
+                row["network"] = network_key(model)
+                row.update(
+                    batch_cost(gen, rec, self.cond, self.seeds, cfg.throughput_batch, self.device)
+                )
 
     # --- the grid -------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -248,6 +280,7 @@ class Sweep:
             row, per, _ = self._cached(name, model, sampler, steps, ref_views, ref_per)
             rows.append(row)
             pers[(name, sampler, steps)] = per
+        self.time_cells(cells, rows)
         self.write(rows, pers)
         return rows
 
@@ -273,6 +306,8 @@ class Sweep:
             "eval_set": f"{self.cfg.split} split objects 0..{len(self.seeds) - 1}",
             "split": self.cfg.split,
             "world_version": self.world.version,
+            "world_id": self.hashes["world"],
+            "world_source": self.eval_world.describe(),
             "world_note": (
                 "Back classes are drawn from a known distribution: unseen_dist applies."
                 + (
@@ -287,6 +322,13 @@ class Sweep:
                 " (see Missing metrics)."
             ),
             "reference": f"teacher@{self.cfg.reference_steps} (euler)",
+            "timing": {
+                "repeats": self.cfg.latency_repeats,
+                "warmup_rounds": 1,
+                "threads": self.cfg.threads,
+                "order": "cells interleaved (round-robin: each round times every cell's"
+                " diffusion, recon and render once)",
+            },
             "seen_views": self.axis.seen_views,
             "hashes": self.hashes,
             "verdict_metrics": usable,

@@ -153,6 +153,20 @@ def eval_objects(data_root: str, split: str, count: int, image_size: int, world=
     return Truth.from_batch(b, ds.rig, ds.world.version), [int(s) for s in b["seeds"]]
 
 
+def models_objects(data_root: str, split: str, count: int, models: dict):
+    """The first ``count`` objects of ``split`` in the world the models (name -> teacher or
+    student) were trained on (scenes/model_views.py models_world): made there if missing, data
+    of another world refused. Returns the ``eval.quality.Truth``, the noise seeds and the
+    ``EvalWorld``."""
+    from eval.quality import Truth
+    from scenes.model_views import models_world
+
+    ew = models_world(models)
+    ds = ew.open(data_root, split, count)
+    b = ds.batch(list(range(count)))
+    return Truth.from_batch(b, ds.rig, ds.world.version), [int(s) for s in b["seeds"]], ew
+
+
 def generated_sheet(
     cond: Tensor, gt: Tensor, views: Tensor, label: str, out: str | Path, title: str
 ) -> Path:

@@ -212,3 +212,24 @@ def open_eval_split(
     if world.image_size != image_size:
         raise ValueError(f"world image size {world.image_size} != model image size {image_size}")
     return open_split(root, split, count, world, batch=batch)
+
+
+def open_world_split(
+    root: str | Path, split: str, count: int, world: WorldConfig, owner: str, batch: int = 8
+) -> WorldDataset:
+    """The split of exactly ``world``, the world the models under evaluation were trained on
+    (``owner``: where it comes from, the model that records it): made in that world if missing,
+    extended if short. A folder holding another world's data is refused, naming both worlds,
+    rather than evaluated on."""
+    mpath = Path(root) / split / "manifest.json"
+    if mpath.exists():
+        man = json.loads(mpath.read_text())
+        have, want = man.get("world_id"), world_id(world)
+        if have != want:
+            raise ValueError(
+                f"{Path(root) / split}: data of world {have} (version {man.get('world_version')}),"
+                f" but the models were trained on world {want} (version {world.version}, from"
+                f" {owner}); evaluate on their world: point data_root at an empty folder (the"
+                " data is made there) or at data made with that world"
+            )
+    return open_split(root, split, count, world, batch=batch)

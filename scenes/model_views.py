@@ -1,8 +1,11 @@
-"""Which views a teacher or student makes, and which of them a reconstructor's rig takes."""
+"""Which views a teacher or student makes, which of them a reconstructor's rig takes, and the
+one world a set of models is evaluated on (the world they were trained on)."""
 
 from __future__ import annotations
 
-from scenes.world import WorldConfig, recorded_world, target_views
+from dataclasses import dataclass, replace
+
+from scenes.world import WorldConfig, recorded_world, target_views, world_id
 
 
 def model_cameras(model) -> list[tuple[float, float]] | None:
@@ -83,3 +86,90 @@ def recon_world(recon) -> WorldConfig:
         target_elevations=[] if same else els,
         **({} if rig.distance is None else {"distance": rig.distance}),
     )
+
+
+def trained_world(model) -> WorldConfig | None:
+    """The world a teacher or student was trained on, where it is recorded: a lab teacher's
+    record, a student's card, else (a student answers for its teacher) its teacher's record;
+    None when none records one (an external teacher's folder, a bare fixture)."""
+    card = getattr(model, "card", None)
+    if card is not None:
+        world = recorded_world({"train_config": getattr(card, "train_config", None) or {}})
+        if world is not None:
+            return world
+    for m in (model, getattr(getattr(model, "student", None), "net", None)):
+        world = recorded_world(getattr(m, "record", None)) if m is not None else None
+        if world is not None:
+            return world
+    return None
+
+
+def cameras_world(model) -> WorldConfig:
+    """The default world at a model's image size and cameras (where it names them): the world a
+    student of a teacher that records no world is trained on (distill/train_cmd.py
+    student_world)."""
+    world = WorldConfig(image_size=model.info.image_size)
+    cams = model_cameras(model)
+    if cams:
+        world = replace(
+            world, target_azimuths=[a for a, _ in cams], target_elevations=[e for _, e in cams]
+        )
+    return world
+
+
+def _named(name: str, world: WorldConfig) -> str:
+    return f"{name} (world {world_id(world)}, version {world.version})"
+
+
+@dataclass
+class EvalWorld:
+    """The one world an evaluation runs on, chosen from its models: ``recorded_by`` names the
+    model whose record gives it (then data of any other world is refused); None when no model
+    records the world it was trained on (``world`` is then the default world at their cameras,
+    and data already in the folder is taken if it is made at their image size)."""
+
+    world: WorldConfig
+    recorded_by: str | None
+
+    def describe(self) -> str:
+        wid = world_id(self.world)
+        if self.recorded_by is not None:
+            return f"the models' world (id {wid}, recorded by {self.recorded_by})"
+        return "no model records the world it was trained on: the data folder's world"
+
+    def open(self, root, split: str, count: int, batch: int = 8):
+        """The ``split`` to evaluate on (scenes.data.WorldDataset): data of the models' world,
+        made there if missing, extended if short; data of another world is a ValueError naming
+        both. Models that record no world take the folder's data at their image size (else it
+        is made in the default world at their cameras)."""
+        from scenes.data import open_eval_split, open_world_split
+
+        if self.recorded_by is None:
+            return open_eval_split(
+                root, split, count, self.world.image_size, self.world, batch=batch
+            )
+        return open_world_split(root, split, count, self.world, self.recorded_by, batch=batch)
+
+
+def models_world(models: dict[str, object]) -> EvalWorld:
+    """The world a set of models (name -> teacher or student) is evaluated on: the world they
+    were trained on, where they record it; every model that records one must record the same,
+    else a ValueError names both. Without any record: the default world at the first model's
+    cameras and image size."""
+    if not models:
+        raise ValueError("no models to choose an evaluation world from")
+    first: tuple[str, WorldConfig] | None = None
+    for name, model in models.items():
+        world = trained_world(model)
+        if world is None:
+            continue
+        if first is None:
+            first = (name, world)
+        elif world_id(world) != world_id(first[1]):
+            raise ValueError(
+                f"{_named(first[0], first[1])} and {_named(name, world)} were trained on different"
+                " worlds; one evaluation runs on one world: evaluate them separately"
+            )
+    if first is not None:
+        return EvalWorld(first[1], first[0])
+    return EvalWorld(cameras_world(next(iter(models.values()))), None)
