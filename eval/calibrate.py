@@ -1,12 +1,13 @@
 """`distill metrics calibrate`: apply controlled degradations to the true views of the test
 objects and check that every metric of the quality axis responds to what it claims to measure,
 in the right direction, monotonically, and from which level its paired 95% interval against the
-clean views excludes zero at this object count."""
+clean views excludes zero at this object count. Then apply the same degradations at the same
+levels to a reference model's outputs (teacher@50 on val objects by default: the operating
+point), and derive each verdict metric's equivalence margin there (eval/margins.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,11 +16,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from eval.degrade import degradations
+from eval.margins import derive_margins, margins_md, write_margins
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
-from scenes.objects import make_object
-from scenes.rig import make_rig, render_views
-from scenes.world import BACK_PATTERNS, WorldConfig, back_classes
+from scenes.world import WorldConfig
 
 
 @dataclass
@@ -34,6 +35,16 @@ class CalibrateConfig:
     noise: tuple[float, ...] = (0.02, 0.05, 0.1)  # pixel std in [0, 1] units
     blur: tuple[float, ...] = (0.5, 1.0, 1.5)  # Gaussian sigma in pixels
     colour: tuple[float, ...] = (0.02, 0.05, 0.1)  # RGB shift (+s, 0, -s) on object pixels
+    # averaging, collapse, inconsistency: the share of objects with the failure
+    failure_shares: tuple[float, ...] = (0.125, 0.25, 1.0)
+    # the operating point the margins are derived at: MODEL@STEPS, MODEL "teacher" or a student
+    # folder ("" skips the model-output calibration and writes no margins)
+    reference: str = "teacher@50"
+    reference_sampler: str = "euler"  # the teacher's sampler (students use their own)
+    teacher: str = "shipped/teacher"
+    guidance: float = 1.0  # the teacher's CFG scale, as in the sweep
+    reference_split: str = "val"  # never the test split the sweep reports on
+    reference_objects: int = 256
 
 
 # what each metric claims to measure: degradation -> the direction it must move
@@ -45,7 +56,9 @@ CLAIMS = {
     "sharpness": {"noise": "up", "blur": "down"},
     "unseen_dist": {"averaging": "up", "collapse": "up"},
     "averaged_rate": {"averaging": "up"},
-    "consistency_psnr": {"inconsistency": "down"},
+    "sharpness_log_error": {"noise": "up", "blur": "up"},
+    "hf_correlation": {"noise": "down", "blur": "down"},
+    "consistency_psnr": {"inconsistency": "down", "noise": "down"},
     "silhouette_iou": {"inconsistency": "down"},
     "chamfer": {"inconsistency": "up"},
     "fid": {"noise": "up", "blur": "up", "colour": "up", "collapse": "up"},
@@ -54,73 +67,39 @@ CLAIMS = {
 KINDS = ("noise", "blur", "colour", "averaging", "collapse", "inconsistency")
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    r = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
-    k = k / k.sum()
-    flat = x.reshape(-1, 1, *x.shape[-2:])
-    pad = torch.nn.functional.pad(flat, (r, r, r, r), mode="replicate")
-    out = torch.nn.functional.conv2d(pad, k.reshape(1, 1, 1, -1))
-    out = torch.nn.functional.conv2d(out, k.reshape(1, 1, -1, 1))
-    return out.reshape(x.shape)
-
-
-def add_noise(x: Tensor, std: float, seed: int = 0) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (x + 2 * std * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-
-
-def colour_shift(x: Tensor, s: float, mask: Tensor) -> Tensor:
-    shift = torch.tensor([2 * s, 0.0, -2 * s]).reshape(3, 1, 1)
-    return torch.where(mask[..., None, :, :], (x + shift).clamp(-1, 1), x)
-
-
-def other_back(cls: int) -> int:
-    """A back class of another colour (same pattern): a plausible alternative unseen side."""
-    return (cls + len(BACK_PATTERNS)) % len(back_classes())
-
-
-def render_with_backs(seeds: list[int], backs: list[int], world: WorldConfig) -> Tensor:
-    """Target views [B, V, 3, H, W] of the same objects painted with the given back classes."""
-    rig = make_rig(world)
-    out = []
-    for s, b in zip(seeds, backs):
-        g = make_object(s, world, back=b)
-        out.append(render_views(g, rig.target_viewmats, rig.K, rig.size))
-    return torch.stack(out)
-
-
-def degradations(cfg: CalibrateConfig, truth: Truth, seeds: list[int], world, obj_mask):
-    """(kind, level, views) for every controlled degradation of the true target views."""
-    gt = truth.targets
-    for s in cfg.noise:
-        yield "noise", s, add_noise(gt, s)
-    for s in cfg.blur:
-        yield "blur", s, gaussian_blur(gt, s)
-    for s in cfg.colour:
-        yield "colour", s, colour_shift(gt, s, obj_mask)
-    backs = truth.back_class.tolist()
-    alt = render_with_backs(seeds, [other_back(b) for b in backs], world)
-    yield "averaging", 1.0, (gt + alt) / 2  # the mean of two plausible backs, same fronts
-    yield "collapse", 1.0, render_with_backs(seeds, [backs[0]] * len(seeds), world)
-    inc = gt.clone()
-    inc[:, 1] = gt.roll(1, dims=0)[:, 1]  # view 1 from another object
-    yield "inconsistency", 1.0, inc
-
-
 def _detects(diff: float, half: float, direction: str) -> bool:
     return excludes_zero(diff, half) and (diff > 0) == (direction == "up")
+
+
+def _run_cases(axis: QualityAxis, base: Tensor, cases, desc: str) -> tuple[list[dict], dict]:
+    """The clean row of ``base`` and one row per degradation: each metric, its paired difference
+    to ``base`` and (from the second level on) to the previous level of the same kind; and
+    ``base``'s per-object figures."""
+    clean = axis.evaluate(base)
+    rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
+    prev = {}
+    for kind, level, views in tqdm(cases, desc=desc, unit="case"):
+        m = axis.evaluate(views)
+        row = {"kind": kind, "level": level, **axis.summary(m), **axis.paired(m, clean)}
+        if kind in prev:  # this level against the previous one: can the metric tell them apart?
+            step = axis.paired(m, prev[kind])
+            row.update({f"step_{k}": v for k, v in step.items()})
+        prev[kind] = m
+        rows.append(row)
+    return rows, clean
 
 
 def calibrate(cfg: CalibrateConfig) -> dict:
     from eval.encoder import FeatureEncoder
     from recon.io import load_reconstructor
-    from scenes.data import open_eval_split
+    from scenes.model_views import models_world
+    from teachers.io import load_teacher
 
     t0 = time.perf_counter()
     recon = load_reconstructor(cfg.recon).eval()
-    world = WorldConfig(image_size=recon.rig.image_size)
-    ds = open_eval_split(cfg.data_root, "test", cfg.objects, world.image_size, world)
+    # the world the models were trained on (the reference's teacher), not the reconstructor's
+    ew = models_world({f"teacher {cfg.teacher}": load_teacher(cfg.teacher)})
+    ds = ew.open(cfg.data_root, "test", cfg.objects)
     if ds.world.version < 2:
         raise ValueError(
             f"{cfg.data_root}: world version {ds.world.version}; the calibration needs a world "
@@ -131,18 +110,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     truth = Truth.from_batch(b, ds.rig, ds.world.version)
     encoder = FeatureEncoder.from_pretrained(cfg.encoder)
     axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
-    clean = axis.evaluate(truth.targets)
-    rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
-    cases = list(degradations(cfg, truth, seeds, ds.world, axis.object_mask))
-    prev = {}
-    for kind, level, views in tqdm(cases, desc="degradations", unit="case"):
-        m = axis.evaluate(views)
-        row = {"kind": kind, "level": level, **axis.summary(m), **axis.paired(m, clean)}
-        if kind in prev:  # this level against the previous one: can the metric tell them apart?
-            step = axis.paired(m, prev[kind])
-            row.update({f"step_{k}": v for k, v in step.items()})
-        prev[kind] = m
-        rows.append(row)
+    cases = list(degradations(cfg, truth.targets, truth, seeds, ds.world, axis.object_mask))
+    rows, clean = _run_cases(axis, truth.targets, cases, "degradations of the truth")
     reader_acc = float((clean["back_read"] == truth.back_class).double().mean())
     verdicts = _verdicts(rows)
     result = {
@@ -166,7 +135,87 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     (out / "calibration.json").write_text(json.dumps(result, indent=2))
     (out / "calibration.md").write_text(calibration_md(result))
     print(calibration_md(result))
+    if cfg.reference:
+        doc = calibrate_reference(cfg, recon, encoder, ds.world)
+        write_margins(out, doc)
+        print(margins_md(doc))
     return result
+
+
+def parse_reference(ref: str) -> tuple[str, int]:
+    """``MODEL@STEPS`` -> (model, steps): "teacher" or a student folder, and a step count."""
+    name, _, steps = ref.rpartition("@")
+    if not name or not steps.isdigit() or int(steps) < 1:
+        raise ValueError(
+            f"reference must be MODEL@STEPS (MODEL: teacher or a student folder; STEPS >= 1),"
+            f" e.g. teacher@50; got {ref!r}"
+        )
+    return name, int(steps)
+
+
+def reference_outputs(cfg: CalibrateConfig, recon, b: dict) -> tuple[str, Tensor]:
+    """The reference cell's label and its outputs [B, V, 3, H, W] for the batch ``b`` (the
+    views the reconstructor takes), with the batch's per-object noise seeds as in the sweep."""
+    from scenes.model_views import check_views_fit, recon_world
+    from students.folder import LoadedStudent
+    from students.sampling import sample_views
+    from teachers.io import load_teacher
+
+    name, steps = parse_reference(cfg.reference)
+    teacher = load_teacher(cfg.teacher)
+    model = (
+        teacher
+        if name == "teacher"
+        else LoadedStudent.from_pretrained(name, teacher=teacher, merge=True)
+    )
+    if teacher.info.image_size != recon.rig.image_size:
+        raise ValueError(
+            f"reference {cfg.reference}: teacher {cfg.teacher} works at"
+            f" {teacher.info.image_size}px, reconstructor {cfg.recon} at"
+            f" {recon.rig.image_size}px"
+        )
+    label = f"{Path(name).name}@{steps}"
+    pick = check_views_fit(model, recon_world(recon), label)
+    seeds = [int(s) for s in b["seeds"]]
+    with torch.inference_mode():
+        views, _ = sample_views(
+            model, b["cond"], steps, seeds, cfg.reference_sampler, cfg.guidance, cfg.batch
+        )
+    sampler = model.own_sampler or cfg.reference_sampler
+    return f"{label} ({sampler})", (views if pick is None else views[:, pick])
+
+
+def calibrate_reference(cfg: CalibrateConfig, recon, encoder, world: WorldConfig) -> dict:
+    """The degradations applied to the reference cell's outputs on ``reference_split`` objects,
+    and the margins derived from them (eval/margins.py)."""
+    from scenes.data import open_world_split
+
+    t0 = time.perf_counter()
+    n = cfg.reference_objects
+    # the test split's world (the models'): data of another world is refused
+    ds = open_world_split(cfg.data_root, cfg.reference_split, n, world, "its test split")
+    b = ds.batch(list(range(n)))
+    truth = Truth.from_batch(b, ds.rig, ds.world.version)
+    label, base = reference_outputs(cfg, recon, b)
+    axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
+    seeds = [int(s) for s in b["seeds"]]
+    cases = list(degradations(cfg, base, truth, seeds, ds.world, axis.object_mask))
+    rows, _ = _run_cases(axis, base, cases, f"degradations of {label}")
+    levels = {k: getattr(cfg, k) for k in ("noise", "blur", "colour", "failure_shares")}
+    return {
+        "meta": {
+            "reference": label,
+            "split": f"{cfg.reference_split} objects 0..{n - 1} of world version"
+            f" {ds.world.version}",
+            "objects": n,
+            "levels": levels,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": time.perf_counter() - t0,
+        },
+        "operating_point": {k: v for k, v in rows[0].items() if isinstance(v, float)},
+        "margins": derive_margins(rows, CLAIMS),
+        "rows": rows,
+    }
 
 
 def _verdicts(rows: list[dict]) -> dict:
@@ -271,9 +320,10 @@ def calibration_md(result: dict) -> str:
     lines += [
         "",
         "Levels: noise = pixel std in [0, 1] units; blur = Gaussian sigma in pixels; colour ="
-        " RGB shift (+s, 0, -s) on object pixels; averaging = each object's target views"
-        " averaged with the same object painted with a back of another colour (fronts unchanged);"
-        " collapse = every object painted with object 0's back class; inconsistency = view 1"
+        " RGB shift (+s, 0, -s) on object pixels; averaging, collapse and inconsistency = the"
+        " share of objects (the last ones) with the failure: averaging = the target views"
+        " averaged with the same object painted with a back of another colour (fronts"
+        " unchanged); collapse = painted with object 0's back class; inconsistency = view 1"
         " taken from another object.",
         "",
     ]

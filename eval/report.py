@@ -1,15 +1,16 @@
 """The sweep's tables and report: every figure with its 95% interval over objects, every row
-with its paired difference to the 50-step teacher, and a "best student" only where the paired
-interval against the runner-up excludes zero."""
+with its paired difference to the 50-step teacher, and every comparison line a three-way verdict
+(equivalent / different / inconclusive) against the margins the sweep read (eval/verdicts.py),
+or an interval only where there is no margin."""
 
 from __future__ import annotations
 
 import math
 
 from eval.seen import SEEN_SHARE_FLOOR
-from eval.stats import excludes_zero
+from eval.stats import DIFFERENT, EQUIVALENT
 from eval.timing_report import timing_lines
-from eval.verdicts import VERDICT_METRICS
+from eval.verdicts import REFERENCE_STEPS, reference_verdicts
 
 PAIRED_COLUMNS = ("seen_psnr", "sharpness", "fid", "unseen_dist")
 
@@ -27,8 +28,7 @@ def _vs(r: dict, k: str, fmt: str = "+.2f") -> str:
     if d is None:
         return "n/a"
     h = r.get(f"vs_ref_{k}_diff_ci95", float("nan"))
-    mark = "*" if excludes_zero(d, h) else ""
-    return f"{d:{fmt}} ± {h:.2f}{mark}"
+    return f"{d:{fmt}} ± {h:.2f}"
 
 
 def results_table(rows: list[dict]) -> str:
@@ -90,53 +90,112 @@ def amortised(rows: list[dict], reference_steps: int = 50) -> tuple[str, list[st
     return "\n".join(lines), notes
 
 
+def _decides(n: int | None) -> str:
+    if n is None or n < 0:
+        return "no number of objects decides it at this variance (the estimate sits on the margin)"
+    return f"about {n:,} objects would decide it at the measured variance"
+
+
+def _plural(steps: int) -> str:
+    return f"{steps} step{'s' if steps > 1 else ''}"
+
+
 def verdict_lines(verdicts: list[dict]) -> list[str]:
-    """Text of the best-student verdicts computed by the sweep (eval/verdicts.py)."""
+    """Text of the best-student comparisons computed by the sweep (eval/verdicts.py): the best
+    point estimate against the runner-up, with its verdict, or its interval where no margin."""
     lines = []
     for v in verdicts:
-        head = f"- {v['steps']} step{'s' if v['steps'] > 1 else ''}, {v['metric']}: "
+        head = f"- {_plural(v['steps'])}, {v['metric']}: "
         if v.get("skipped"):
             lines.append(head + v["skipped"])
-        elif v["best_resolved"]:
+            continue
+        vs = f"{v['diff']:+.3g} ± {v['ci95']:.2g} vs the runner-up {v['runner_up']}"
+        if v.get("verdict") is None:
             lines.append(
-                head + f"**{v['best']}** best ({v['diff']:+.3g} ± {v['ci95']:.2g} vs the"
-                f" runner-up {v['runner_up']}, paired)"
+                head + f"{v['best']} has the best point estimate; {vs} (paired; no margin:"
+                " interval only)"
+            )
+        elif v["verdict"] == DIFFERENT:
+            lines.append(
+                head + f"different: **{v['best']}** best ({vs}, margin {v['margin']:.3g}, paired)"
+            )
+        elif v["verdict"] == EQUIVALENT:
+            lines.append(
+                head + f"equivalent: {v['best']} and the runner-up {v['runner_up']} within the"
+                f" margin {v['margin']:.3g} ({v['diff']:+.3g} ± {v['ci95']:.2g}, paired); no"
+                " best student"
             )
         else:
             lines.append(
-                head + "tie between " + ", ".join(v["tied"]) + f" (best point estimate"
-                f" {v['best']}; the paired interval against each of the others includes zero)"
+                head + f"inconclusive: {v['best']} has the best point estimate ({vs}, margin"
+                f" {v['margin']:.3g}, paired); {_decides(v['objects_to_decide'])}"
             )
     return lines
 
 
-def match_lines(rows: list[dict], metrics: list[str], ref_label: str) -> list[str]:
-    """Which students match the reference (paired interval includes zero) at 1, 2 and 4 steps.
-    Sharpness has no better side: it reads as grainier (higher) or smoother (lower)."""
+def reference_lines(entries: list[dict], ref_label: str) -> list[str]:
+    """One line per student, step count and metric against the reference: its verdict, or its
+    interval where the metric has no margin."""
     lines = []
-    for steps in (1, 2, 4):
-        cand = [r for r in rows if r["steps"] == steps and r["method"] != "teacher"]
-        if not cand:
-            continue
-        for m in metrics:
-            same, up, down = [], [], []  # up: the side VERDICT_METRICS calls better (or higher)
-            for r in sorted(cand, key=lambda r: r["model"]):
-                d, h = r.get(f"vs_ref_{m}_diff"), r.get(f"vs_ref_{m}_diff_ci95")
-                if d is None:
-                    continue
-                if not excludes_zero(d, h):
-                    same.append(r["model"])
-                else:
-                    (up if (d > 0) == VERDICT_METRICS.get(m, True) else down).append(r["model"])
-            up_name, down_name = (
-                ("grainier", "smoother") if m == "sharpness" else ("better", "worse")
-            )
+    for e in entries:
+        head = f"- {_plural(e['steps'])}, {e['metric']}, {e['model']}: "
+        d = f"Δ {e['diff']:+.3g} ± {e['ci95']:.2g} vs {ref_label}"
+        if e.get("verdict") is None:
+            lines.append(head + d + " (no margin: interval only)")
+        elif e["verdict"] == DIFFERENT:
+            lines.append(head + f"different, {e['side']} ({d}, margin {e['margin']:.3g})")
+        elif e["verdict"] == EQUIVALENT:
+            lines.append(head + f"equivalent ({d}, margin {e['margin']:.3g})")
+        else:
             lines.append(
-                f"- {steps} step{'s' if steps > 1 else ''}, {m}: match {ref_label}: "
-                f"{', '.join(same) or 'none'}; {down_name}: {', '.join(down) or 'none'}; "
-                f"{up_name}: {', '.join(up) or 'none'}"
+                head + f"inconclusive ({d}, margin {e['margin']:.3g});"
+                f" {_decides(e['objects_to_decide'])}"
             )
     return lines
+
+
+def basis_lines(meta: dict) -> list[str]:
+    """What the verdicts rest on: the margins file, its key and values, or that there is none."""
+    mg = meta.get("margins") or {}
+    ref = meta["reference"]
+    if not mg.get("values"):
+        where = mg.get("path", "(none given)")
+        return [
+            f"No margins at `{where}`{': ' + mg['missing'] if mg.get('missing') else ''}. Every"
+            " comparison below is an interval only, with no verdict; make the margins with"
+            " `distill metrics calibrate` before the sweep."
+        ]
+    values = ", ".join(f"{m} {v:.3g}" for m, v in mg["values"].items())
+    out = [
+        "Verdicts: each comparison is *equivalent* (two one-sided tests at 5%: the difference"
+        " lies within ± the metric's margin), *different* (its 95% interval excludes zero and"
+        " the estimate lies beyond the margin) or *inconclusive* (with the number of objects"
+        " that would decide it at the measured variance); Holm's correction within each family"
+        f" (the comparisons to {ref}; the best-student comparisons). Margins from"
+        f" `{mg['path']}` (key `{mg['key']}`; derived on {mg['reference']}'s outputs, fixed"
+        f" before this sweep): {values}."
+    ]
+    if mg.get("excluded"):
+        out[0] += (
+            " No margin, intervals only: "
+            + "; ".join(f"{m} ({why})" for m, why in mg["excluded"].items())
+            + "."
+        )
+    return out
+
+
+def compared_metrics(meta: dict) -> list[str]:
+    """The metrics the report compares: the calibrated verdict metrics, and sharpness when its
+    calibration passes."""
+    return meta["verdict_metrics"] + (["sharpness"] if meta.get("sharpness_usable") else [])
+
+
+def _reference_entries(rows: list[dict], meta: dict) -> list[dict]:
+    """The sweep's decided comparisons to the reference; for results written before they were
+    recorded, the same comparisons with intervals only."""
+    if "reference_verdicts" in meta:
+        return meta["reference_verdicts"]
+    return reference_verdicts(rows, compared_metrics(meta), None, meta["objects"])
 
 
 def report(rows: list[dict], meta: dict) -> str:
@@ -149,9 +208,9 @@ def report(rows: list[dict], meta: dict) -> str:
         f"Commit `{meta['commit']}`, {meta['created']}, device: {meta['device']}.",
         f"Evaluation set: {meta['eval_set']} ({meta['objects']} objects), the same per-object"
         " noise seeds in every cell. ± is the 95% bootstrap half-width over objects; `Δ vs ref`"
-        f" is the paired difference to {ref} on the same objects and noise (* = its interval"
-        " excludes zero). `total ms` is what a user waits for: image -> views -> Gaussians;"
-        " rendering the evaluation views is `render ms`, on its own.",
+        f" is the paired difference to {ref} on the same objects and noise (its verdict is in"
+        f" the section on {ref}). `total ms` is what a user waits for: image -> views ->"
+        " Gaussians; rendering the evaluation views is `render ms`, on its own.",
         "",
         f"World: version {meta['world_version']}"
         f" ({meta.get('world_source', 'the data folder world')}). {meta['world_note']}",
@@ -161,9 +220,11 @@ def report(rows: list[dict], meta: dict) -> str:
         f" {', '.join(map(str, meta.get('seen_views', []))) or 'none'}; `view-0 seen PSNR` is"
         " view 0's alone.",
         "",
-        f"Metrics that decide verdicts (they pass `docs/metrics/calibration.md`): "
+        f"Metrics compared (they pass `docs/metrics/calibration.md`): "
         f"{', '.join(usable) or 'none'}."
-        + (f" Not used for verdicts: {'; '.join(unusable)}." if unusable else ""),
+        + (f" Not compared: {'; '.join(unusable)}." if unusable else ""),
+        "",
+        *basis_lines(meta),
         "",
         "![pareto](pareto.png)",
         "",
@@ -173,18 +234,19 @@ def report(rows: list[dict], meta: dict) -> str:
         "",
         "## Best student per step count",
         "",
-        "Among the distillation students (not the `finetune` control), per verdict metric. A"
-        " student is named best only when the paired interval against the runner-up excludes"
-        " zero; otherwise the students that tie with the best point estimate are listed.",
+        "Among the distillation students (not the `finetune` control), per compared metric: the"
+        " best point estimate against the runner-up, paired on the same objects and noise. A"
+        " student is named best only when it is different from the runner-up beyond the margin.",
         "",
         *verdict_lines(meta["verdicts"]),
         "",
-        f"## Which students match {ref}",
+        f"## Students against {ref}",
         "",
-        "Per calibrated metric, on the same objects and noise (finetune is the control, the"
-        " teacher's own weights trained briefly on the data).",
+        f"Each student at {', '.join(map(str, REFERENCE_STEPS))} steps, per compared metric, on"
+        " the same objects and noise (finetune is the control, the teacher's own weights trained"
+        " briefly on the data); sharpness has no better side: grainier (higher) or smoother.",
         "",
-        *match_lines(rows, usable + (["sharpness"] if meta.get("sharpness_usable") else []), ref),
+        *reference_lines(_reference_entries(rows, meta), ref),
         "",
         "## Amortised cost per asset",
         "",

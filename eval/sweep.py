@@ -30,6 +30,7 @@ from eval.cells import (
     train_seconds,
 )
 from eval.encoder import FeatureEncoder
+from eval.margins import load_margins
 from eval.metrics import load_lpips, psnr
 from eval.quality import QualityAxis, Truth
 from eval.recon_eval import render_images
@@ -43,7 +44,7 @@ from eval.timing import (
     network_key,
     pinned_threads,
 )
-from eval.verdicts import sharpness_calibrated, usable_metrics, verdicts
+from eval.verdicts import reference_verdicts, sharpness_calibrated, usable_metrics, verdicts
 from recon.io import load_reconstructor
 from scenes.data import DATA_ROOT
 from scenes.model_views import check_views_fit, models_world, recon_world
@@ -64,6 +65,8 @@ class SweepConfig:
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
     calibration: str = "docs/metrics/calibration.json"  # which metrics may decide verdicts
+    # equivalence margins per metric, fixed before the sweep ("" or no file: intervals only)
+    margins: str = "docs/metrics/margins.json"
     data_root: str = DATA_ROOT
     split: str = "test"  # test: the final report; val: choosing recipes and checkpoints
     objects: int = 256  # objects in the evaluation set
@@ -91,6 +94,7 @@ class Sweep:
         )
         self.out = Path(cfg.out)
         self.cache = CellCache(self.out / "cells")
+        self.margins = load_margins(cfg.margins)  # read before any cell runs: fixed in advance
         self.teacher = load_teacher(cfg.teacher).to(self.device)
         # the lab's reconstructor or an LGM folder: one interface (recon/base.py)
         self.recon = load_reconstructor(cfg.recon).to(self.device).eval()
@@ -293,7 +297,16 @@ class Sweep:
             missing["lpips"] = self.lpips_missing
         meta = self._meta(usable, unusable, missing)
         meta["sharpness_usable"] = sharpness_calibrated(self.cfg.calibration)
-        meta["verdicts"] = verdicts(rows, pers, usable, self.axis.paired)
+        mg = self.margins
+        meta["margins"] = (
+            mg.describe()
+            if mg is not None
+            else {"path": self.cfg.margins, "missing": "no margins file: intervals only"}
+        )
+        values, n = (mg.values if mg is not None else None), len(self.seeds)
+        meta["verdicts"] = verdicts(rows, pers, usable, self.axis.paired, values, n)
+        compared = usable + (["sharpness"] if meta["sharpness_usable"] else [])
+        meta["reference_verdicts"] = reference_verdicts(rows, compared, values, n)
         write_results(self.out, rows, meta)
 
     def _meta(self, usable: list[str], unusable: list[str], missing: dict) -> dict:

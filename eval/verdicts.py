@@ -1,5 +1,8 @@
-"""Which metrics may decide a verdict, and the best student per step count: named only where the
-paired interval against the runner-up excludes zero, otherwise the students that tie."""
+"""Which metrics may decide a verdict, the comparisons the report makes (each student against the
+reference cell; the best student per step count against the others) and their three-way
+verdicts: *equivalent*, *different* or *inconclusive* by eval.stats.verdict against the margin
+per metric from margins.json (eval/margins.py), with Holm's correction within each family. A
+metric without a margin (or a sweep without a margins file) gets intervals only, no verdict."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from eval.stats import excludes_zero
+from eval.stats import DIFFERENT, excludes_zero, holm, verdict
 
 # metrics that may decide a verdict (if the calibration passes them), higher is better?
 VERDICT_METRICS = {
@@ -16,6 +19,19 @@ VERDICT_METRICS = {
     "unseen_dist": False,
     "consistency_psnr": True,
 }
+# the better side of every metric a comparison may use (sharpness has none: 1.0 is the truth's)
+HIGHER_BETTER = {
+    **VERDICT_METRICS,
+    "seen_psnr_view0": True,
+    "sharpness": None,
+    "sharpness_log_error": False,
+    "hf_correlation": True,
+}
+# the step counts whose students the report compares with the reference, one line each
+REFERENCE_STEPS = (1, 2, 4)
+# Holm families: every comparison to the reference is one family, the best-student
+# comparisons another (the claims a reader takes from one section of the report together)
+FAMILIES = ("reference", "best")
 
 Paired = Callable[[tuple, tuple], dict]  # two cells' keys -> their paired differences
 
@@ -51,33 +67,119 @@ def sharpness_calibrated(path: str) -> bool:
     return bool(json.loads(p.read_text())["verdicts"].get("sharpness", {}).get("passes", False))
 
 
-def _verdict(cand: list[dict], steps: int, m: str, paired: Paired) -> dict:
-    """The best of ``cand`` on metric ``m``, its runner-up and the students that tie with it."""
+def side(metric: str, diff: float) -> str:
+    """Which way a difference goes, in words: better / worse, or grainier / smoother."""
+    higher = HIGHER_BETTER.get(metric, True)
+    if higher is None:
+        return "grainier" if diff > 0 else "smoother"
+    return "better" if (diff > 0) == higher else "worse"
+
+
+def decide_family(entries: list[dict], objects: int) -> list[dict]:
+    """Fill in the verdict of every comparison (``diff``, ``ci95``, ``margin``) of one family:
+    two one-sided tests against the margin, Holm's correction over the comparisons that have a
+    margin; those without one keep ``verdict`` None (interval only). Returns ``entries``."""
+    decided = [e for e in entries if e.get("margin") is not None]
+    raw = [verdict(e["diff"], e["ci95"], e["margin"], objects) for e in decided]
+    for e, r, v in zip(decided, raw, holm(raw, [objects] * len(raw))):
+        e.update(
+            verdict=v.verdict,
+            objects_to_decide=v.objects_to_decide,
+            p_equivalent=v.p_equivalent,
+            p_different=v.p_different,
+            uncorrected=r.verdict,
+        )
+    for e in entries:
+        e.setdefault("verdict", None)
+        e.setdefault("objects_to_decide", None)
+    return entries
+
+
+def reference_verdicts(
+    rows: list[dict], metrics: list[str], margins: dict | None, objects: int
+) -> list[dict]:
+    """Each student row at REFERENCE_STEPS against the reference cell (its ``vs_ref_`` paired
+    differences), per metric, decided as one Holm family."""
+    out = []
+    cand = [r for r in rows if r["method"] != "teacher" and r["steps"] in REFERENCE_STEPS]
+    for r in sorted(cand, key=lambda r: (r["steps"], r["model"])):
+        for m in metrics:
+            d = r.get(f"vs_ref_{m}_diff")
+            if d is None:
+                continue
+            out.append(
+                {
+                    "model": r["model"],
+                    "sampler": r["sampler"],
+                    "steps": r["steps"],
+                    "metric": m,
+                    "diff": d,
+                    "ci95": r.get(f"vs_ref_{m}_diff_ci95", float("nan")),
+                    "margin": (margins or {}).get(m),
+                    "side": side(m, d),
+                }
+            )
+    return decide_family(out, objects)
+
+
+def _line(cand: list[dict], steps: int, m: str, paired: Paired, margins: dict | None) -> dict:
+    """The best of ``cand`` on metric ``m`` by point estimate and its comparison with each of the
+    others (verdicts filled in later, over the whole family)."""
     ranked = sorted(cand, key=lambda r: r[m], reverse=VERDICT_METRICS[m])
     best = ranked[0]
     kb = (best["model"], best["sampler"], steps)
-    diffs = []
+    others = []
     for r in ranked[1:]:
         p = paired(kb, (r["model"], r["sampler"], steps))
-        diffs.append((r["model"], p[m + "_diff"], p[m + "_diff_ci95"]))
-    tied = [best["model"]] + [n for n, d, h in diffs if not excludes_zero(d, h)]
-    return {
-        "steps": steps,
-        "metric": m,
-        "best": best["model"],
-        "runner_up": diffs[0][0],
-        "diff": diffs[0][1],
-        "ci95": diffs[0][2],
-        "best_resolved": excludes_zero(diffs[0][1], diffs[0][2]),
-        "tied": tied,
-    }
+        others.append(
+            {
+                "model": r["model"],
+                "diff": p[m + "_diff"],
+                "ci95": p[m + "_diff_ci95"],
+                "margin": (margins or {}).get(m),
+            }
+        )
+    return {"steps": steps, "metric": m, "best": best["model"], "others": others}
 
 
-def verdicts(rows: list[dict], pers: dict, metrics: list[str], paired_fn) -> list[dict]:
+def _finish(line: dict) -> dict:
+    """The line's summary fields from its comparisons: the runner-up, whether the best is
+    resolved (different from the runner-up; without a margin: its interval excludes zero), and
+    the students not told apart from the best."""
+    o = line["others"]
+
+    def apart(c: dict) -> bool:
+        if c["margin"] is None:
+            return excludes_zero(c["diff"], c["ci95"])
+        return c["verdict"] == DIFFERENT
+
+    runner = o[0]
+    line.update(
+        runner_up=runner["model"],
+        diff=runner["diff"],
+        ci95=runner["ci95"],
+        margin=runner["margin"],
+        verdict=runner["verdict"],
+        objects_to_decide=runner["objects_to_decide"],
+        best_resolved=apart(runner),
+        tied=[line["best"]] + [c["model"] for c in o if not apart(c)],
+    )
+    return line
+
+
+def verdicts(
+    rows: list[dict],
+    pers: dict,
+    metrics: list[str],
+    paired_fn,
+    margins: dict | None = None,
+    objects: int = 0,
+) -> list[dict]:
     """Per step count and metric, the best distillation student (not the teacher, not the
-    finetune control) against the others, paired on the same objects and noise.
-    ``paired_fn(per_a, per_b)`` gives every metric's paired difference of two cells."""
-    out, pairs = [], {}
+    finetune control) against each of the others, paired on the same objects and noise;
+    with ``margins`` (metric -> margin) each comparison gets a verdict, Holm-corrected over all
+    of them (one family). ``paired_fn(per_a, per_b)`` gives every metric's paired difference."""
+    lines, pairs = [], {}
 
     def paired(a: tuple, b: tuple) -> dict:  # every metric of one pair, computed once
         if (a, b) not in pairs:
@@ -90,5 +192,6 @@ def verdicts(rows: list[dict], pers: dict, metrics: list[str], paired_fn) -> lis
         ]
         if len(cand) < 2:
             continue
-        out += [_verdict(cand, steps, m, paired) for m in metrics]
-    return out
+        lines += [_line(cand, steps, m, paired, margins) for m in metrics]
+    decide_family([c for ln in lines for c in ln["others"]], objects)
+    return [_finish(ln) for ln in lines]

@@ -94,6 +94,34 @@ class NotAuthorized(RegistryError):
         )
 
 
+def sweep_verdicts(meta: dict, name: str) -> dict:
+    """A student's comparisons with the sweep's reference as the sweep decided them
+    (eval/verdicts.py): each *equivalent*, *different* or *inconclusive* against the margins
+    the sweep read, or an interval only (verdict None) where it had no margin; and what they
+    rest on (the margins file and its key, or that there was none)."""
+    mg = meta.get("margins") or {}
+    if mg.get("values"):
+        basis = {
+            "margins": mg.get("path"),
+            "key": mg.get("key"),
+            "reference": meta.get("reference"),
+        }
+    else:
+        basis = {"margins": None, "note": "no margins: intervals only, no verdicts"}
+    keep = ("steps", "sampler", "metric", "verdict", "side", "diff", "ci95", "margin")
+    mine = [
+        {k: v.get(k) for k in keep + ("objects_to_decide",)}
+        for v in meta.get("reference_verdicts", [])
+        if v.get("model") == name
+    ]
+    for v in mine:  # how many objects would decide: inconclusive only; a side: different only
+        if v["verdict"] != "inconclusive":
+            v.pop("objects_to_decide")
+        if v["verdict"] != "different":
+            v.pop("side")
+    return {"verdicts": mine, "verdict_basis": basis}
+
+
 class Registry:
     def __init__(self, cfg: ServeConfig, metrics: ServeMetrics):
         self.cfg, self.metrics = cfg, metrics
@@ -104,7 +132,8 @@ class Registry:
         self.token = cfg.admin_token or os.environ.get(TOKEN_ENV, "")
         self.tickets = self.applied = 0  # activation requests asked / the newest that took effect
         self._warned: set[str] = set()
-        self.sweep = self._sweep_rows()
+        results = self._sweep_results()
+        self.sweep, self.sweep_meta = results.get("rows", []), results.get("meta", {})
         names = self.known()
         first = cfg.default or (names[0] if names else "")
         if not first:
@@ -165,15 +194,17 @@ class Registry:
             return card["teacher_dir"]
         return "shipped/teacher"
 
-    def _sweep_rows(self) -> list[dict]:
+    def _sweep_results(self) -> dict:
+        """The sweep's results.json (rows and meta), or an empty one."""
         p = Path(self.cfg.sweep)  # "" (no sweep) is the directory "."
         if not p.is_file():
-            return []
+            return {}
         try:
-            return json.loads(p.read_text()).get("rows", [])
+            res = json.loads(p.read_text())
+            return res if isinstance(res, dict) else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             print(f"ignoring unreadable sweep results {p}: {e}", file=sys.stderr)
-            return []
+            return {}
 
     def describe(self) -> list[dict]:
         """Every student (and the teacher if served) with its card and sweep rows; broken ones."""
@@ -199,6 +230,7 @@ class Registry:
                     "loaded": name in self.pipelines,
                     "card": card,
                     "sweep": rows,
+                    **sweep_verdicts(self.sweep_meta, name),
                 }
             )
         out += [{"name": n, "broken": True, "error": e} for n, e in broken.items()]

@@ -184,6 +184,7 @@ def test_calibrate_cli_smoke(tmp_path):
             f"recon={tmp_path / 'recon'}",
             f"encoder={tmp_path / 'encoder'}",
             "batch=6",
+            "reference=",  # no model-output calibration here (tests/eval/test_margins.py)
         ],
         capture_output=True,
         text=True,
@@ -193,12 +194,13 @@ def test_calibrate_cli_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     kinds = {(x["kind"], x["level"]) for x in res["rows"]}
-    assert len(kinds) == 13 and ("averaging", 1.0) in kinds and ("clean", 0.0) in kinds
+    assert len(kinds) == 19 and ("averaging", 1.0) in kinds and ("clean", 0.0) in kinds
     # exact answers on true views: seen-side PSNR falls with noise, sharpness rises with it
     noise = sorted((x for x in res["rows"] if x["kind"] == "noise"), key=lambda x: x["level"])
     assert noise[0]["seen_psnr"] > noise[1]["seen_psnr"] > noise[2]["seen_psnr"]
     assert res["verdicts"]["sharpness"]["claims"]["blur"]["right_way"]
     assert (tmp_path / "cal" / "calibration.md").read_text().startswith("# Calibration")
+    assert not (tmp_path / "cal" / "margins.json").exists()  # reference= skips the margins
 
 
 def test_lpips_reported_when_backbone_weights_are_cached(tmp_path, tiny_world):

@@ -236,60 +236,46 @@ def test_sweep_cli_smoke(sweep_assets, tiny_data_root, tmp_path):
     assert json.loads((tmp_path / "cli" / "results.json").read_text())["rows"][0]["steps"] == 1
 
 
-def test_report_names_a_best_student_only_when_resolved():
-    from eval.report import match_lines, verdict_lines
+def test_report_names_a_best_student_only_when_different():
+    from eval.report import verdict_lines
 
+    common = {"runner_up": "b", "margin": 0.3, "objects_to_decide": None, "tied": ["a"]}
     lines = verdict_lines(
         [
             {
                 "steps": 1,
                 "metric": "fid",
                 "best": "a",
-                "runner_up": "b",
                 "diff": -1.2,
                 "ci95": 0.4,
-                "best_resolved": True,
-                "tied": ["a"],
+                "verdict": "different",
+                **common,
             },
             {
                 "steps": 2,
                 "metric": "seen_psnr",
                 "best": "a",
-                "runner_up": "b",
                 "diff": 0.1,
                 "ci95": 0.3,
-                "best_resolved": False,
-                "tied": ["a", "b", "c"],
+                "verdict": "inconclusive",
+                **{**common, "objects_to_decide": 900},
+            },
+            {
+                "steps": 4,
+                "metric": "fid",
+                "best": "a",
+                "diff": 0.01,
+                "ci95": 0.02,
+                "verdict": "equivalent",
+                **common,
             },
         ]
     )
-    assert "**a** best" in lines[0] and "runner-up b" in lines[0]
-    assert "tie between a, b, c" in lines[1] and "**" not in lines[1]
-    rows = [
-        {
-            "model": "a",
-            "method": "x",
-            "steps": 1,
-            "vs_ref_fid_diff": 0.5,
-            "vs_ref_fid_diff_ci95": 1.0,
-        },
-        {
-            "model": "b",
-            "method": "y",
-            "steps": 1,
-            "vs_ref_fid_diff": 3.0,
-            "vs_ref_fid_diff_ci95": 1.0,
-        },
-        {
-            "model": "c",
-            "method": "z",
-            "steps": 1,
-            "vs_ref_fid_diff": -3.0,
-            "vs_ref_fid_diff_ci95": 1.0,
-        },
-    ]
-    (line,) = match_lines(rows, ["fid"], "teacher@50")
-    assert "match teacher@50: a; worse: b; better: c" in line  # FID: lower is better
+    assert "different: **a** best" in lines[0] and "runner-up b" in lines[0]
+    assert "inconclusive: a has the best point estimate" in lines[1] and "**" not in lines[1]
+    assert "about 900 objects would decide" in lines[1]
+    assert "equivalent: a and the runner-up b within the margin 0.3" in lines[2]
+    assert "no best student" in lines[2]
 
 
 def test_cell_key_is_stable_so_cached_cells_are_found():
@@ -330,3 +316,44 @@ def test_verdicts_name_the_best_only_against_a_resolved_runner_up():
     (v,) = verdicts(rows, pers, ["fid"], paired)
     assert v["best"] == "a" and v["runner_up"] == "b" and not v["best_resolved"]
     assert v["tied"] == ["a", "b"]  # c is 4 worse: resolved; the teacher is not a candidate
+
+
+def test_sweep_report_lines_are_three_way_verdicts_against_its_margins(
+    sweep_assets, tiny_data_root, tmp_path
+):
+    """A sweep on tiny assets with a calibration that passes its metrics and margins fixed in
+    advance: every comparison line carries exactly one of the three verdict words, the report
+    names the margins file and its key, and results.json records what /v1/students shows."""
+    from eval.margins import load_margins, write_margins
+
+    passes = {"passes": True}
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"verdicts": {m: passes for m in ("seen_psnr", "fid")}}))
+    doc = {
+        "meta": {"reference": "teacher@3 (euler)", "split": "val", "objects": 4, "created": "x"},
+        "margins": {"seen_psnr": {"margin": 0.5, "kinds": {}}, "fid": {"margin": 1e9, "kinds": {}}},
+    }
+    write_margins(tmp_path, doc)
+    key = load_margins(tmp_path / "margins.json").key
+    cfg = _cfg(
+        sweep_assets,
+        tiny_data_root,
+        tmp_path,
+        calibration=str(cal),
+        margins=str(tmp_path / "margins.json"),
+    )
+    Sweep(cfg).run()
+    out = tmp_path / "sw"
+    text = (out / "report.md").read_text()
+    assert f"key `{key}`" in text and str(tmp_path / "margins.json") in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ") and " step" in ln[:12]]
+    assert lines and "match" not in text
+    words = ("equivalent", "different", "inconclusive")
+    for ln in lines:
+        assert sum(w in ln for w in words) == 1, ln
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["margins"]["key"] == key
+    ref = meta["reference_verdicts"]
+    assert {v["metric"] for v in ref} == {"seen_psnr", "fid"}
+    # an absurdly wide FID margin: every FID comparison passes its two one-sided tests
+    assert all(v["verdict"] == "equivalent" for v in ref if v["metric"] == "fid")
