@@ -129,8 +129,9 @@ def test_serving_answers_and_hot_swaps_on_the_family(family, tmp_path):
     answers = {}
     for name in ("consistency", "dmd2"):
         assert c.post(f"/v1/students/{name}/activate").json()["active"] == name
+        steps = json.loads((students / name / "student.json").read_text())["steps"][0]
         r = c.post(
-            "/v1/generate", content=buf.getvalue(), params={"steps": 1, "seed": 0},
+            "/v1/generate", content=buf.getvalue(), params={"steps": steps, "seed": 0},
             headers={"content-type": "image/png"},
         )  # fmt: skip
         assert r.status_code == 200, r.text
