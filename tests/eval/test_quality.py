@@ -165,7 +165,9 @@ def test_frechet_and_kid_known_answers():
     assert kid(a, a + 1.0) > kid(a, a[torch.randperm(400)]) + 0.01
 
 
-def test_calibrate_cli_smoke(tmp_path):
+def test_calibrate_cli_smoke(tmp_path, tiny_x0_teacher_dir):
+    """The world comes from the models (a tiny teacher that records none: the default world at
+    its 16 px), not from the reconstructor or the folder."""
     from eval.encoder import FeatureEncoder
 
     tiny_recon(16).save_pretrained(tmp_path / "recon")
@@ -185,6 +187,7 @@ def test_calibrate_cli_smoke(tmp_path):
             f"encoder={tmp_path / 'encoder'}",
             "batch=6",
             "reference=",  # no model-output calibration here (tests/eval/test_margins.py)
+            f"teacher={tiny_x0_teacher_dir}",
         ],
         capture_output=True,
         text=True,
@@ -287,7 +290,7 @@ def test_teacher_eval_cli_on_val_split(tiny_teacher_dir, tmp_path):
     assert "Copying the condition image" in (tmp_path / "ev" / "quality.md").read_text()
 
 
-def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
+def test_calibrate_refuses_a_world_without_back_classes(tmp_path, tiny_x0_teacher_dir):
     from eval.calibrate import CalibrateConfig, calibrate
     from eval.encoder import FeatureEncoder
     from scenes.data import make_split
@@ -301,6 +304,7 @@ def test_calibrate_refuses_a_world_without_back_classes(tmp_path):
         objects=2,
         recon=str(tmp_path / "recon"),
         encoder=str(tmp_path / "encoder"),
+        teacher=str(tiny_x0_teacher_dir),  # records no world: the folder's data are taken
     )
     with pytest.raises(ValueError, match="needs a world version 2 dataset"):
         calibrate(cfg)
