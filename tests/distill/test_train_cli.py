@@ -1,11 +1,9 @@
 """`distill train --method NAME` end to end on tiny settings, then `distill sample`."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from tiny_util import ROOT, smoke_train_args
+from tiny_util import smoke_train_args
 
 from distill.methods import METHODS
 from students.folder import LoadedStudent
@@ -22,9 +20,12 @@ def test_train_cli_smoke_x0_teacher(method, tiny_x0_teacher_dir, tiny_data_root,
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
+    from distill.cli import main
+
+    # in-process through the CLI's parser (one import of torch for every method; the
+    # subprocess path of `distill train` is the multi-process and kill/resume tests')
     args = smoke_train_args(method, tiny_teacher_dir, tmp_path / "run", tiny_data_root, 12)
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert main(args[3:]) == 0
     folder = tmp_path / "run" / "student"
     st = LoadedStudent.from_pretrained(folder)
     assert st.card.method == method and st.card.metrics["by_steps"]
@@ -44,27 +45,7 @@ def test_train_cli_smoke(method, tiny_teacher_dir, tiny_data_root, tmp_path):
         assert st.card.method_info == {"updates_per_round": {"1": 1, "2": 1}}
     if method == "shortcut":
         assert "bootstrap" in log.splitlines()[0] or "flow" in log.splitlines()[0]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distill.cli",
-            "sample",
-            "--student",
-            str(folder),
-            "--steps",
-            str(st.card.steps[0]),
-            "--count",
-            "1",
-            "--out",
-            str(tmp_path / "g.png"),
-            "--data-root",
-            str(tiny_data_root),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    sample = ["sample", "--student", str(folder), "--steps", str(st.card.steps[0])]
+    out = ["--count", "1", "--out", str(tmp_path / "g.png"), "--data-root", str(tiny_data_root)]
+    assert main(sample + out) == 0
     assert (tmp_path / "g.png").exists()
