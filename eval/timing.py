@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Hashable
 
 import torch
+from tqdm import tqdm
 
 
 def sync(device: torch.device | str) -> None:
@@ -146,8 +147,9 @@ def interleaved_times(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     pairs = {k: c if isinstance(c, tuple) else (None, c) for k, c in calls.items()}
     times: dict[Hashable, list[float]] = {k: [] for k in pairs}
+    rounds = tqdm(range(warmup + repeats), desc="latency rounds", unit="round", leave=False)
     with torch.inference_mode():
-        for r in range(warmup + repeats):
+        for r in rounds:
             for k, (setup, fn) in pairs.items():
                 if setup is not None:
                     setup()
