@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from eval.timing import call_flops
 
 LGM_BIG = "lgm-big"  # the full-size LGM architecture, random weights, nothing downloaded
 
@@ -38,9 +39,7 @@ def _inputs(recon, batch: int, device: torch.device):
 
 
 def _flops(recon, views, vm, Ks) -> float:
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        recon(views[:1], vm, Ks)
-    return float(fc.get_total_flops())
+    return call_flops(lambda: recon(views[:1], vm, Ks))
 
 
 def bench_one(name: str, device: torch.device, repeats: int, batch: int = 1) -> dict:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from eval.timing import call_flops, interleaved_times
 
 
 def _inputs(teacher, batch: int, device: torch.device):
@@ -28,37 +28,18 @@ def _inputs(teacher, batch: int, device: torch.device):
     return x.to(device), t.to(device), cond.to(device)
 
 
-def _time_call(call, device: torch.device, repeats: int) -> list[float]:
-    cuda = device.type == "cuda"
-
-    def once() -> float:
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            call()
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
-    once()  # warm-up
-    return [once() for _ in range(repeats)]
-
-
-def _flops(call) -> float:
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        call()
-    return float(fc.get_total_flops())
-
-
 def _measure(teacher, device, repeats: int, batch: int) -> dict:
     x, t, cond = _inputs(teacher, batch, device)
 
     def call():
         return teacher(x, t, cond)
 
-    times = _time_call(call, device, repeats)
-    return {"median_s": statistics.median(times), "times_s": times, "gflops": _flops(call) / 1e9}
+    times = [ms / 1000 for ms in interleaved_times({"call": call}, repeats, device)["call"]]
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "gflops": call_flops(call) / 1e9,
+    }
 
 
 def bench_one(folder: str, device: torch.device, repeats: int, batch: int = 1) -> dict:

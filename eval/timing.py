@@ -43,6 +43,15 @@ def time_ms(fn: Callable[[], object], device="cpu", warmup: int = 2, repeats: in
     return statistics.median(times)
 
 
+def call_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one ``fn()`` call, by torch's flop counter (inference mode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
 def device_name(device: torch.device | str) -> str:
     d = torch.device(device)
     if d.type == "cuda":

@@ -146,3 +146,41 @@ def make_serving(teacher_dir: Path, root: Path) -> Path:
         s.save_pretrained(root / "students" / method, student_card(s, teacher_dir, method))
     tiny_recon(16, seed=0).save_pretrained(root / "recon")
     return root
+
+
+def method_context(teacher, data_root: Path, batch: int = 4, steps: int = 10, **kw):
+    """A method's Context on the tiny teacher and the train split under ``data_root``."""
+    from distill.methods.base import Context
+    from samplers.paths import get_path
+    from scenes.data import WorldDataset
+
+    return Context(
+        teacher=teacher,
+        path=get_path(teacher.path_name),
+        prediction=teacher.prediction,
+        teacher_guidance=1.0,
+        data=WorldDataset(data_root, "train"),
+        run_dir=data_root / "run",
+        batch_size=batch,
+        total_steps=steps,
+        **kw,
+    )
+
+
+def smoke_sweep_config(out: Path, **kw):
+    """A SweepConfig of ``kw`` (models, teacher, recon, encoder, data_root, ...) at smoke size:
+    2 objects, one latency repeat, 50 subsets per set statistic, no calibration file, CPU."""
+    from eval.sweep import SweepConfig
+
+    base = dict(
+        out=str(out),
+        objects=2,
+        batch=2,
+        latency_repeats=1,
+        set_resamples=50,
+        throughput_batch=1,
+        reference_steps=2,
+        calibration=str(Path(out).parent / "none.json"),
+        device="cpu",
+    )
+    return SweepConfig(**{**base, **kw})

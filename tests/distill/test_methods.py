@@ -4,10 +4,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_util import student_inputs
+from tiny_util import method_context, student_inputs
 
 from distill.methods import METHODS, get_method
-from distill.methods.base import Context
 from distill.methods.couplings import make_couplings
 from distill.methods.progressive import two_step_target
 from samplers.paths import ddim_step, get_path, interpolate, to_x0_eps, velocity
@@ -17,24 +16,10 @@ from students.module import Student, StudentConfig
 from teachers.io import load_teacher
 
 
-def _ctx(teacher, data_root, batch=4, steps=10, **kw):
-    return Context(
-        teacher=teacher,
-        path=get_path(teacher.path_name),
-        prediction=teacher.prediction,
-        teacher_guidance=1.0,
-        data=WorldDataset(data_root, "train"),
-        run_dir=data_root / "run",
-        batch_size=batch,
-        total_steps=steps,
-        **kw,
-    )
-
-
 def test_shortcut_smallest_step_target_is_teacher_velocity(tiny_teacher_dir, tiny_data_root):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("shortcut")
-    m = cls(cls.Config(bootstrap_fraction=0.0), _ctx(t, tiny_data_root))
+    m = cls(cls.Config(bootstrap_fraction=0.0), method_context(t, tiny_data_root))
     student = Student(t, StudentConfig(second_time=True))
     m.prepare(student)
     tg = m.targets(student, torch.Generator().manual_seed(3))
@@ -48,7 +33,7 @@ def test_shortcut_smallest_step_target_is_teacher_velocity(tiny_teacher_dir, tin
 def test_shortcut_bootstrap_of_constant_velocity_is_that_velocity(tiny_teacher_dir, tiny_data_root):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("shortcut")
-    m = cls(cls.Config(bootstrap_fraction=1.0), _ctx(t, tiny_data_root))
+    m = cls(cls.Config(bootstrap_fraction=1.0), method_context(t, tiny_data_root))
     v = torch.randn(4, 3, 16, 16)
 
     class Constant(torch.nn.Module):
@@ -69,7 +54,9 @@ def test_shortcut_half_steps_land_on_trained_levels(tiny_teacher_dir, tiny_data_
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("shortcut")
     M = 8
-    m = cls(cls.Config(bootstrap_fraction=1.0, max_steps=M), _ctx(t, tiny_data_root, batch=64))
+    m = cls(
+        cls.Config(bootstrap_fraction=1.0, max_steps=M), method_context(t, tiny_data_root, batch=64)
+    )
     asked = []
 
     class Recorder(torch.nn.Module):
@@ -107,7 +94,7 @@ def test_consistency_target_in_closed_form(tiny_teacher_dir, tiny_data_root):
         def forward(self, x, tt, cond, **kw):
             return x
 
-    ctx = _ctx(t, tiny_data_root)
+    ctx = method_context(t, tiny_data_root)
     ctx.teacher = Exact()
     m = cls(cfg, ctx)
     m.target = SimpleNamespace(module=Identity())
@@ -127,7 +114,7 @@ def test_reflow_target_is_the_straight_line(tiny_teacher_dir, tiny_data_root):
     the target from any t lands on x1. A distilled reflow student advertises one step only."""
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("reflow")
-    m = cls(cls.Config(couplings=6, distill_steps=0), _ctx(t, tiny_data_root, batch=5))
+    m = cls(cls.Config(couplings=6, distill_steps=0), method_context(t, tiny_data_root, batch=5))
     g = torch.Generator().manual_seed(7)
     m.pairs = {
         "x1": torch.randn(6, 4, 3, 16, 16, generator=g),
@@ -147,7 +134,7 @@ def test_reflow_target_is_the_straight_line(tiny_teacher_dir, tiny_data_root):
 def test_methods_draw_only_train_count_objects(tiny_teacher_dir, tiny_data_root):
     t = load_teacher(tiny_teacher_dir)
     ds = WorldDataset(tiny_data_root, "train")
-    m = get_method("finetune")(get_method("finetune").Config(), _ctx(t, tiny_data_root))
+    m = get_method("finetune")(get_method("finetune").Config(), method_context(t, tiny_data_root))
     m.ctx.train_count = 3
     seen = set()
     real = ds.batch
@@ -165,7 +152,7 @@ def test_progressive_target_makes_one_step_equal_two_teacher_steps(
 ):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("progressive")
-    m = cls(cls.Config(start_steps=8), _ctx(t, tiny_data_root))
+    m = cls(cls.Config(start_steps=8), method_context(t, tiny_data_root))
     assert m.round_steps == [4, 2, 1]
     student = Student(t, StudentConfig())
     tg = m.targets(student, torch.Generator().manual_seed(5))
@@ -235,7 +222,7 @@ class _Field(torch.nn.Module):
 def _meanflow(tiny_teacher_dir, tiny_data_root, **cfg):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("meanflow")
-    return cls(cls.Config(**cfg), _ctx(t, tiny_data_root))
+    return cls(cls.Config(**cfg), method_context(t, tiny_data_root))
 
 
 def test_meanflow_target_on_an_exactly_linear_flow_is_the_average_velocity(
@@ -356,7 +343,7 @@ def test_dmd2_gradient_on_gaussians():
 def test_dmd2_backward_simulation_and_steps(tiny_teacher_dir, tiny_data_root):
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("dmd2")
-    m = cls(cls.Config(generator_steps=4, fake_lora_rank=4), _ctx(t, tiny_data_root))
+    m = cls(cls.Config(generator_steps=4, fake_lora_rank=4), method_context(t, tiny_data_root))
     assert m.steps() == [4]  # the trained 4-step chain only
     student = Student(t, StudentConfig())
     m.prepare(student)
@@ -380,7 +367,10 @@ def test_dmd2_gan_head_trains_and_its_shift_is_the_gan_gradient(tiny_teacher_dir
 
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("dmd2")
-    m = cls(cls.Config(fake_lora_rank=4, fake_updates=1, gan_weight=0.5), _ctx(t, tiny_data_root))
+    m = cls(
+        cls.Config(fake_lora_rank=4, fake_updates=1, gan_weight=0.5),
+        method_context(t, tiny_data_root),
+    )
     student = Student(t, StudentConfig())
     m.prepare(student)
     head0 = {k: v.clone() for k, v in m.head.state_dict().items()}

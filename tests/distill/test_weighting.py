@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tiny_util import ROOT, smoke_train_args
+from tiny_util import ROOT, method_context, smoke_train_args
 
 from distill.methods import get_method
-from distill.methods.base import Context, Targets, regression_loss, student_loss
+from distill.methods.base import Targets, regression_loss, student_loss
 from distill.methods.couplings import coupling_objects, make_couplings
 from distill.methods.progressive import truncated_snr
 from samplers.paths import get_path, to_x0_eps
@@ -21,20 +21,6 @@ from teachers.io import load_teacher
 
 LIN = get_path("linear")
 B5 = (-1, 1, 1, 1, 1)
-
-
-def _ctx(teacher, data_root, batch=4, steps=10, **kw):
-    return Context(
-        teacher=teacher,
-        path=get_path(teacher.path_name),
-        prediction=teacher.prediction,
-        teacher_guidance=1.0,
-        data=WorldDataset(data_root, "train"),
-        run_dir=data_root / "run",
-        batch_size=batch,
-        total_steps=steps,
-        **kw,
-    )
 
 
 class _Field(torch.nn.Module):
@@ -61,7 +47,9 @@ def test_meanflow_curved_flow_target_is_the_exact_average_velocity_and_weight_is
     the (t - r) du/dt term moves the target off u. The loss is Geng et al.'s sg(w) ||delta||^2,
     w = 1 / (||delta||^2 + 1e-3)."""
     cls = get_method("meanflow")
-    m = cls(cls.Config(r_fraction=1.0), _ctx(load_teacher(tiny_teacher_dir), tiny_data_root))
+    m = cls(
+        cls.Config(r_fraction=1.0), method_context(load_teacher(tiny_teacher_dir), tiny_data_root)
+    )
     m.ctx.teacher, m.ctx.path, m.ctx.prediction = _Field(lambda z, t, r: z), LIN, "velocity"
     x0 = torch.randn(4, 4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     _data(m, x0)
@@ -95,7 +83,9 @@ def test_shortcut_two_level_bootstrap_and_floored_x0_loss(tiny_teacher_dir, tiny
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("shortcut")
     M = 8
-    m = cls(cls.Config(bootstrap_fraction=1.0, max_steps=M), _ctx(t, tiny_data_root, batch=16))
+    m = cls(
+        cls.Config(bootstrap_fraction=1.0, max_steps=M), method_context(t, tiny_data_root, batch=16)
+    )
     a, b, c = 0.7, -1.3, 2.9
     m.ema = SimpleNamespace(module=_Field(lambda x, tt, h: a * x + b * tt + c * h))
     tg = m.targets(None, torch.Generator().manual_seed(3))
@@ -136,7 +126,7 @@ def test_dmd2_step_on_gaussians_has_the_papers_magnitude(tiny_teacher_dir, tiny_
     0.5 ||x - sg(x - grad)||^2 (tianweiy/DMD2 main/sd_guidance.py)."""
     cls = get_method("dmd2")
     cfg = cls.Config(fake_lora_rank=4, t_min=0.3, t_max=0.7)
-    m = cls(cfg, _ctx(load_teacher(tiny_teacher_dir), tiny_data_root))
+    m = cls(cfg, method_context(load_teacher(tiny_teacher_dir), tiny_data_root))
     mu, seen = 1.5, {}
 
     def recording(name, mean):
@@ -190,7 +180,7 @@ def test_reflow_one_step_student_averages_the_distillation_stage_only(
     tiny_teacher_dir, tiny_data_root
 ):
     cls = get_method("reflow")
-    ctx = _ctx(load_teacher(tiny_teacher_dir), tiny_data_root, steps=10, ema_decay=0.99)
+    ctx = method_context(load_teacher(tiny_teacher_dir), tiny_data_root, steps=10, ema_decay=0.99)
     m = cls(cls.Config(distill_steps=3), ctx)
     net = torch.nn.Linear(1, 1, bias=False)
     m.student = net
@@ -209,7 +199,7 @@ def test_progressive_truncated_snr_weight(tiny_teacher_dir, tiny_data_root):
     t = load_teacher(tiny_teacher_dir)
     assert truncated_snr(LIN, torch.tensor([1 / 8, 0.5, 1.0])).tolist() == [49.0, 1.0, 1.0]
     cls = get_method("progressive")
-    m = cls(cls.Config(start_steps=16), _ctx(t, tiny_data_root, batch=32))
+    m = cls(cls.Config(start_steps=16), method_context(t, tiny_data_root, batch=32))
     student = Student(t, StudentConfig())
     tg = m.targets(student, torch.Generator().manual_seed(5))
     snr = ((1 - tg.t) / tg.t).pow(2).clamp(min=1)
@@ -230,7 +220,7 @@ def test_progressive_truncated_snr_weight(tiny_teacher_dir, tiny_data_root):
 
 
 def test_advertised_steps_must_be_trained(tiny_teacher_dir, tiny_data_root):
-    ctx = _ctx(load_teacher(tiny_teacher_dir), tiny_data_root)
+    ctx = method_context(load_teacher(tiny_teacher_dir), tiny_data_root)
     sc = get_method("shortcut")
     assert sc(sc.Config(max_steps=8), ctx).steps() == [1, 2, 4, 8]
     assert sc(sc.Config(), ctx).steps() == [1, 2, 4, 8, 16]
@@ -249,11 +239,13 @@ def test_finetune_uses_the_teachers_recorded_objective(tiny_teacher_dir, tiny_da
     t = load_teacher(tiny_teacher_dir)
     cls = get_method("finetune")
     t.record = dict(t.record or {}, train_config={"objective": {"loss_space": "velocity"}})
-    m = cls(cls.Config(), _ctx(t, tiny_data_root))
+    m = cls(cls.Config(), method_context(t, tiny_data_root))
     tg = m.targets(None, torch.Generator().manual_seed(7))
     assert (tg.space, tg.t_min) == ("velocity", 0.05)
     t.record = {"multiview": {}}  # an external teacher: its own prediction type
-    tg = cls(cls.Config(), _ctx(t, tiny_data_root)).targets(None, torch.Generator().manual_seed(7))
+    tg = cls(cls.Config(), method_context(t, tiny_data_root)).targets(
+        None, torch.Generator().manual_seed(7)
+    )
     assert (tg.space, tg.t_min) == ("raw", 0.0)
 
 

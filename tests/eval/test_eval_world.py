@@ -8,10 +8,10 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
-from tiny_util import student_card, tiny_recon, tiny_student
+from tiny_util import smoke_sweep_config, student_card, tiny_recon, tiny_student
 
 from eval.encoder import FeatureEncoder
-from eval.sweep import Sweep, SweepConfig
+from eval.sweep import Sweep
 from scenes.data import make_split
 from scenes.world import WorldConfig, world_id
 from teachers.io import load_teacher
@@ -46,24 +46,16 @@ def assets(tiny_teacher_dir, tmp_path_factory):
 
 def _cfg(assets, data_root, out, **kw):
     base = dict(
-        out=str(out),
         models=["teacher", str(assets / "s2")],
         steps=[1],
         teacher=str(assets / "t2"),
         recon=str(assets / "recon"),
         encoder=str(assets / "encoder"),
         data_root=str(data_root),
-        objects=2,
-        batch=2,
         latency_repeats=3,
         threads=1,
-        set_resamples=50,
-        throughput_batch=1,
-        reference_steps=2,
-        calibration=str(out / "none.json"),
-        device="cpu",
     )
-    return SweepConfig(**{**base, **kw})
+    return smoke_sweep_config(out, **{**base, **kw})
 
 
 def test_a_fresh_data_root_gets_the_models_world_not_the_reconstructors(assets, tmp_path):

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from test_lgm_e2e import lgm_dir, lgm_teacher_dir  # noqa: F401  (module fixtures)
+from tiny_util import smoke_sweep_config
 
 from eval.encoder import FeatureEncoder
 from eval.sweep import Sweep, SweepConfig
@@ -23,22 +24,14 @@ def encoder_dir(tmp_path_factory):
 
 
 def test_sweep_through_the_lgm_folder(lgm_dir, lgm_teacher_dir, encoder_dir, tmp_path):  # noqa: F811
-    cfg = SweepConfig(
-        out=str(tmp_path / "sw"),
+    cfg = smoke_sweep_config(
+        tmp_path / "sw",
         models=["teacher"],
         steps=[1, 2],
         teacher=str(lgm_teacher_dir),
         recon=str(lgm_dir),
         encoder=str(encoder_dir),
         data_root=str(tmp_path / "data"),  # made at the LGM rig's world
-        objects=2,
-        batch=2,
-        latency_repeats=1,
-        set_resamples=50,
-        throughput_batch=1,
-        reference_steps=2,
-        calibration=str(tmp_path / "none.json"),
-        device="cpu",
     )
     sw = Sweep(cfg)
     assert sw.hashes["recon"] == load_reconstructor(lgm_dir).weights_key()

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_util import script, smoke_train_args
+from tiny_util import script, smoke_sweep_config, smoke_train_args
 
 from distill.methods import METHODS
 from eval.encoder import FeatureEncoder
-from eval.sweep import Sweep, SweepConfig
+from eval.sweep import Sweep
 from students.folder import LoadedStudent
 from teachers.families import classify
 from teachers.io import load_teacher
@@ -85,22 +85,14 @@ def test_the_sweep_runs_the_family_through_its_reconstructor(family, tmp_path):
     enc = tmp_path / "encoder"
     torch.manual_seed(0)
     FeatureEncoder(width=8).save_pretrained(enc, {})
-    cfg = SweepConfig(
-        out=str(tmp_path / "sw"),
+    cfg = smoke_sweep_config(
+        tmp_path / "sw",
         models=["teacher", str(family["students"]["shortcut"])],
         steps=[1],
         teacher=str(family["folder"]),
         recon=str(family["recon"]),
         encoder=str(enc),
         data_root=str(family["root"] / "data"),
-        objects=2,
-        batch=2,
-        latency_repeats=1,
-        set_resamples=50,
-        throughput_batch=1,
-        reference_steps=2,
-        calibration=str(tmp_path / "none.json"),
-        device="cpu",
     )
     rows = Sweep(cfg).run()
     assert {r["method"] for r in rows} == {"teacher", "shortcut"}
