@@ -388,3 +388,14 @@ def test_dmd2_gan_head_trains_and_its_shift_is_the_gan_gradient(tiny_teacher_dir
     reg = ((x2 - (x_hat - shift)) ** 2).flatten(1).mean(1).mean()
     (via_target,) = torch.autograd.grad(reg, x2)
     assert direct.abs().max() > 0 and torch.allclose(via_target, direct, atol=1e-7, rtol=1e-4)
+
+
+def test_dmd2_gan_head_needs_a_middle_block_and_names_the_class():
+    from distill.methods.dmd2 import middle_block
+
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 1), torch.nn.Conv2d(5, 7, 1))
+    unet = torch.nn.Module()
+    unet.middle_block = block  # the LDM layout (MVDream's UNet)
+    assert middle_block(unet) == (block, 7)
+    with pytest.raises(ValueError, match="Linear has neither mid_block nor middle_block"):
+        middle_block(torch.nn.Linear(1, 1))

@@ -296,3 +296,20 @@ def test_teacher_inspect_prints_the_family_or_the_refusal(fixture_dir, tmp_path,
     bad = _edit(fixture_dir, tmp_path, "bad", lambda f: (f / "model_index.json").unlink())
     assert main(["teacher", "inspect", str(bad)]) == 2
     assert "refused: found Zero123++ components" in capsys.readouterr().err
+
+
+def test_recon_train_on_the_teachers_rig_refuses_contradicting_settings(fixture_dir):
+    """`distill recon train teacher=FOLDER` takes views and rows from the folder; a recon.views
+    that contradicts it is an error naming both, and defaults become the teacher's."""
+    from dataclasses import replace
+
+    from distill.recon_cmd import ReconTrainConfig, on_teacher_rig
+    from recon.model import ReconConfig
+
+    cfg = ReconTrainConfig(teacher=str(fixture_dir))
+    rig = on_teacher_rig(cfg)
+    assert (rig.recon.views, rig.recon.rows) == (6, 3)
+    assert rig.world.target_elevations == [20.0, -10.0] * 3
+    bad = replace(cfg, recon=ReconConfig(views=8, rows=2))
+    with pytest.raises(ValueError, match=r"recon.views=8 but teacher .* makes 6 views in 3 rows"):
+        on_teacher_rig(bad)
