@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from distill.config import load_config
-from scenes.data import DATA_ROOT, make_split
+from scenes.data import DATA_ROOT, make_split, resolve_root
 from scenes.preview import contact_sheet
 from scenes.rig import make_rig
 from scenes.samples import make_samples
@@ -19,7 +19,7 @@ from scenes.world import WorldConfig, target_views
 
 @dataclass
 class DataConfig:
-    root: str = DATA_ROOT  # where splits are written (root/<split>/)
+    root: str = DATA_ROOT  # where splits are written (root/<split>/; the default: the world's own)
     world: WorldConfig = field(default_factory=WorldConfig)
 
 
@@ -29,9 +29,10 @@ def make(split: str, count: int, args: list[str]) -> dict:
     with tqdm(total=count, desc=f"data {split}", unit="obj") as bar:
         man = make_split(cfg.root, split, count, cfg.world, progress=bar.update)
     dt = time.perf_counter() - t0
+    where = Path(resolve_root(cfg.root, cfg.world)) / split
     print(
         f"wrote {count} {split} objects ({len(man['shards'])} shards, world {man['world_id']}) "
-        f"to {Path(cfg.root) / split} in {dt:.1f} s ({1000 * dt / max(count, 1):.1f} ms/object)"
+        f"to {where} in {dt:.1f} s ({1000 * dt / max(count, 1):.1f} ms/object)"
     )
     return man
 

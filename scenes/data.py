@@ -19,11 +19,32 @@ from scenes.rig import Rig, make_rig
 from scenes.samples import make_samples
 from scenes.world import WORLD_VERSIONS, WorldConfig, split_seed, world_config, world_id
 
-# where the default world's data lives (version 2; data/world holds version 1, on which the
-# first teacher, the reconstructor and the feature encoder were trained)
+# every command's default data root. It stands for "each world's own folder under DATA_HOME"
+# (world_root): the default world of version 2 in data/world2, of version 1 (the first teacher's,
+# the reconstructor's and the feature encoder's) in data/world, any other world in
+# data/world<version>-<world id>, so two worlds never share a folder. A root given explicitly is
+# used as given (and data of another world found there is refused).
 DATA_ROOT = "data/world2"
+DATA_HOME = "data"
 SHARD_SIZE = 250  # objects per shard
 IMAGE_KEYS = ("cond", "targets", "heldout")
+
+
+def world_root(world: WorldConfig) -> str:
+    """The folder of ``world``'s data under DATA_HOME: ``world`` (version 1) or ``world<v>``
+    for a version's default config, ``world<v>-<world id>`` for any other config."""
+    v = world.version
+    if world_id(world) == world_id(WorldConfig(version=v)):
+        return f"{DATA_HOME}/world" + ("" if v == 1 else str(v))
+    return f"{DATA_HOME}/world{v}-{world_id(world)}"
+
+
+def resolve_root(root: str | Path, world: WorldConfig | None) -> str | Path:
+    """``root``, except the default root (DATA_ROOT), which means ``world``'s own folder
+    (world_root) when the world is known."""
+    if world is not None and Path(root) == Path(DATA_ROOT):
+        return world_root(world)
+    return root
 
 
 def _to_u8(x: Tensor) -> Tensor:
@@ -50,9 +71,10 @@ def make_split(
 ) -> dict:
     """Write ``count`` objects of ``split`` as shards under ``root/split``; returns the manifest.
 
-    Existing shards of the same world are kept, so an interrupted run resumes.
+    Existing shards of the same world are kept, so an interrupted run resumes. The default
+    root means the world's own folder (resolve_root).
     """
-    out = Path(root) / split
+    out = Path(resolve_root(root, cfg)) / split
     out.mkdir(parents=True, exist_ok=True)
     wid = world_id(cfg)
     rig = make_rig(cfg)
@@ -105,6 +127,7 @@ class WorldDataset(Dataset):
     (float in [-1, 1]), gaussians [N, 14] and its seed. Cameras are the rig's (``self.rig``)."""
 
     def __init__(self, root: str | Path, split: str = "train", world: WorldConfig | None = None):
+        root = resolve_root(root, world)  # the default root: the asked world's own folder
         folder = Path(root) / split
         mpath = folder / "manifest.json"
         if not mpath.exists():
@@ -169,7 +192,9 @@ class WorldDataset(Dataset):
 def open_split(
     root: str | Path, split: str, count: int, world: WorldConfig, batch: int = 8
 ) -> WorldDataset:
-    """The split with at least ``count`` objects of this world, made first if missing."""
+    """The split with at least ``count`` objects of this world, made first if missing (the
+    default root means the world's own folder)."""
+    root = resolve_root(root, world)
     try:
         ds = WorldDataset(root, split, world)
         if len(ds) >= count:
@@ -178,7 +203,7 @@ def open_split(
         pass
     from tqdm import tqdm
 
-    with tqdm(total=count, desc=f"making {split} data", unit="obj") as bar:
+    with tqdm(total=count, desc=f"making {split} data in {root}", unit="obj") as bar:
         make_split(root, split, count, world, batch=batch, progress=bar.update)
     return WorldDataset(root, split, world)
 
@@ -194,7 +219,9 @@ def open_eval_split(
     """The split for evaluating a model of ``image_size`` pixels: whatever world the data was
     made with (its rig is the one its views were rendered with), as long as the image size
     matches; made with ``default_world`` (or the default world at that size) if missing, and
-    extended with its own world if it holds fewer than ``count`` objects."""
+    extended with its own world if it holds fewer than ``count`` objects. The default root means
+    that world's own folder."""
+    root = resolve_root(root, default_world or WorldConfig(image_size=image_size))
     try:
         ds = WorldDataset(root, split, None)
     except FileNotFoundError:
@@ -220,7 +247,8 @@ def open_world_split(
     """The split of exactly ``world``, the world the models under evaluation were trained on
     (``owner``: where it comes from, the model that records it): made in that world if missing,
     extended if short. A folder holding another world's data is refused, naming both worlds,
-    rather than evaluated on."""
+    rather than evaluated on. The default root means the world's own folder."""
+    root = resolve_root(root, world)
     mpath = Path(root) / split / "manifest.json"
     if mpath.exists():
         man = json.loads(mpath.read_text())
