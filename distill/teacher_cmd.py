@@ -13,7 +13,7 @@ from distill.config import DataSpec, load_config, save_config, to_dict
 from distill.methods.base import diffusion_targets, in_velocity, regression_loss
 from samplers.paths import get_path
 from scenes.data import open_split
-from scenes.world import WorldConfig, world_id
+from scenes.world import WorldConfig, target_views, world_id
 from teachers.lab import LabTeacher, LabTeacherConfig
 from training.checkpoints import start_from
 from training.config import TrainConfig
@@ -47,6 +47,35 @@ class TeacherTrainConfig:
 LOSS_SPACES = ("prediction", "velocity")
 
 
+def check_teacher_rig(t: LabTeacherConfig, w: WorldConfig) -> None:
+    """A v3 teacher embeds its cameras as rays: they must be the world's rig (ValueError naming
+    what differs and both values)."""
+
+    def views(pairs):
+        return [(float(a), float(e)) for a, e in pairs]
+
+    mine = {
+        "target views (azimuth, elevation)": views(zip(t.azimuths, t.elevations)),
+        "condition camera": (float(t.cond_azimuth), float(t.cond_elevation)),
+        "distance": float(t.distance),
+        "fov_deg": float(t.fov_deg),
+    }
+    world = {
+        "target views (azimuth, elevation)": views(target_views(w)),
+        "condition camera": (float(w.cond_azimuth), float(w.cond_elevation)),
+        "distance": float(w.distance),
+        "fov_deg": float(w.fov_deg),
+    }
+    bad = [f"{k}: teacher {mine[k]} vs world {world[k]}" for k in mine if mine[k] != world[k]]
+    if bad:
+        raise ValueError(
+            "teacher.arch=v3 embeds its cameras as rays, and they differ from the world's rig ("
+            + "; ".join(bad)
+            + "): set teacher.azimuths/elevations/cond_azimuth/cond_elevation/distance/fov_deg "
+            "to the world's"
+        )
+
+
 def train_teacher(args: list[str]) -> Path:
     cfg = load_config(TeacherTrainConfig, args)
     if cfg.objective.loss_space not in LOSS_SPACES:
@@ -60,6 +89,8 @@ def train_teacher(args: list[str]) -> Path:
         )
     if len(cfg.world.target_azimuths) != cfg.teacher.views:
         raise ValueError("world.target_azimuths and teacher.views disagree on the view count")
+    if cfg.teacher.arch == "v3":
+        check_teacher_rig(cfg.teacher, cfg.world)
     run_dir = Path(cfg.run_dir)
     with main_first():  # one process makes the data; the others read it
         save_config(cfg, run_dir)

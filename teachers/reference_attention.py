@@ -10,8 +10,11 @@ With the bank off, the processors pass straight through: the UNet is the plain U
 Facts read from SUDO-AI-3D/zero123plus, diffusers-support/pipeline.py (ReferenceOnlyAttnProc,
 RefOnlyNoisedUNet): only processors whose name ends in ``attn1.processor`` take part; the
 recorded tensor is the attention's input (after the block's norm1); the main pass concatenates
-[own, reference] along the token axis. Written here as a shared module: the lab teacher will use
-the same processors.
+[own, reference] along the token axis. Written here as a shared module: the lab teacher v3
+(teachers/lab.py) uses the same processors on a diffusers UNet2DModel, whose attention blocks are
+all self-attention and take the feature map [B, C, H, W] with the group norm inside the
+attention: there the recorded and appended tokens are the normed, flattened map [B, H*W, C]
+(what the keys are computed from), so both UNet kinds append the same thing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
 SELF_ATTENTION_SUFFIX = "attn1.processor"  # diffusers' name of a transformer block's self-attn
@@ -53,11 +57,9 @@ class ReferenceAttnProcessor:
     ) -> Tensor:
         mode = self.bank.mode
         if mode == "write":
-            self.bank.states[self.name] = (
-                hidden_states if encoder_hidden_states is None else encoder_hidden_states
-            )
+            self.bank.states[self.name] = _tokens(attn, hidden_states, encoder_hidden_states)
         elif mode == "read":
-            own = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+            own = _tokens(attn, hidden_states, encoder_hidden_states)
             ref = self.bank.states.get(self.name)
             if ref is None:
                 raise RuntimeError(f"{self.name}: no reference recorded (run the reference pass)")
@@ -67,32 +69,57 @@ class ReferenceAttnProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
+def _tokens(attn: nn.Module, hidden: Tensor, encoder: Tensor | None) -> Tensor:
+    """What the attention's keys and values are computed from, as tokens [B, L, C]: the input of
+    a transformer block's attn1 (already normed by the block), or an attention block's feature
+    map [B, C, H, W] flattened and put through its own group norm (UNet2DModel)."""
+    x = hidden if encoder is None else encoder
+    if x.ndim == 4:
+        x = x.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+    return x
+
+
+def self_attentions(unet: nn.Module) -> dict[str, nn.Module]:
+    """The self-attention layers of a diffusers UNet by processor name: a transformer block's
+    ``attn1`` (UNet2DConditionModel), or every attention block of a UNet2DModel (all of them
+    are self-attention there)."""
+    found = {
+        f"{n}.processor": m
+        for n, m in unet.named_modules()
+        if isinstance(m, Attention) and not m.is_cross_attention
+    }
+    if any(n.endswith(SELF_ATTENTION_SUFFIX) for n in found):  # transformer blocks: attn1 only
+        found = {n: m for n, m in found.items() if n.endswith(SELF_ATTENTION_SUFFIX)}
+    return found
+
+
 def install_reference_attention(unet: nn.Module) -> ReferenceBank:
     """Wrap every self-attention processor of ``unet`` (kept as the inner processor); returns
     the bank that switches them. Raises if the UNet has no self-attention to append to."""
-    procs = dict(unet.attn_processors)
-    names = [n for n in procs if n.endswith(SELF_ATTENTION_SUFFIX)]
-    if not names:
+    layers = self_attentions(unet)
+    if not layers:
         raise ValueError(
-            "the UNet has no self-attention layers (attn1): reference attention has nowhere to "
-            "enter (it needs transformer blocks, e.g. CrossAttnDownBlock2D)"
+            "the UNet has no self-attention layers: reference attention has nowhere to enter "
+            "(it needs transformer blocks, e.g. CrossAttnDownBlock2D, or attention blocks, "
+            "e.g. AttnDownBlock2D)"
         )
     bank = ReferenceBank()
-    for n in names:
-        inner = procs[n]
-        if isinstance(inner, ReferenceAttnProcessor):
+    for n, m in layers.items():
+        if isinstance(m.processor, ReferenceAttnProcessor):
             raise ValueError(f"{n}: reference attention is already installed")
-        procs[n] = ReferenceAttnProcessor(n, bank, inner)
-    unet.set_attn_processor(procs)
+    for n, m in layers.items():
+        m.set_processor(ReferenceAttnProcessor(n, bank, m.processor))
     return bank
 
 
 def reference_bank(unet: nn.Module) -> ReferenceBank:
     """The bank the processors of ``unet`` share (after install_reference_attention, or in a
     deep copy of it)."""
-    for proc in unet.attn_processors.values():
-        if isinstance(proc, ReferenceAttnProcessor):
-            return proc.bank
+    for m in unet.modules():
+        if isinstance(getattr(m, "processor", None), ReferenceAttnProcessor):
+            return m.processor.bank
     raise ValueError("reference attention is not installed on this UNet")
 
 
