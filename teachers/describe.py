@@ -39,7 +39,7 @@ def _views(azimuths, elevations) -> str:
 def _lab(folder: Path) -> dict:
     cfg = read_json(folder / "teacher.json", "")["config"]
     rows, views = cfg["rows"], cfg["views"]
-    return {
+    out = {
         "parametrization": f"{cfg['prediction']} on the lab's {cfg['path']} path",
         "schedule": "continuous time t in [0, 1] (t * 1000 into the UNet's time embedding)",
         "latent space": f"pixels (space-to-depth by {cfg.get('patch', 1)} before the UNet)",
@@ -49,6 +49,13 @@ def _lab(folder: Path) -> dict:
         "condition": "condition image and a per-view azimuth code concatenated on channels",
         "view order": ORDER,
     }  # fmt: skip
+    if cfg.get("arch") == "v3":
+        out["cameras"] = "(azimuth, elevation) " + _views(cfg["azimuths"], cfg["elevations"])
+        out["condition"] = (
+            "reference attention at every UNet level (the condition through the same UNet), "
+            "per-view Pluecker rays relative to the condition camera"
+        )
+    return out
 
 
 def _schedule(sched: dict) -> tuple[str, str]:
