@@ -55,23 +55,24 @@ def distribution_distances(encoder, real: Tensor, fake: Tensor) -> dict[str, flo
 
 
 class _Moments:
-    """Per-object sums of features and of their outer products ([B, V, F] features), so the
-    mean and covariance of any subset of objects cost a sum over the subset, not a pass over
-    its views (the interval's thousand subsets reuse them)."""
+    """A feature set [B, V, F] whose subsets' mean and covariance are asked for repeatedly (the
+    truth's, by both cells of a paired interval on the same subset: computed once)."""
 
     def __init__(self, feats: Tensor):
-        self.views = feats.shape[1]
-        self.s1 = feats.sum(1)  # [B, F]
-        self.s2 = torch.einsum("bvf,bvg->bfg", feats, feats)  # [B, F, F]
+        self.feats = feats
+        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
 
     def mean_cov(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        n = idx.numel() * self.views
-        mu = self.s1[idx].sum(0) / n
-        return mu, (self.s2[idx].sum(0) - n * torch.outer(mu, mu)) / (n - 1)
+        if self._last is not None and self._last[0] is idx:
+            return self._last[1]
+        x = self.feats[idx].flatten(0, 1)
+        out = (x.mean(0), torch.cov(x.T))
+        self._last = (idx, out)
+        return out
 
 
 def _frechet_subset(real: _Moments, fake: _Moments, idx: Tensor) -> float:
-    """``frechet`` on the views of the objects ``idx`` (same value, from the per-object sums)."""
+    """``frechet`` on the views of the objects ``idx``."""
     mu_a, ca = real.mean_cov(idx)
     mu_b, cb = fake.mean_cov(idx)
     return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * _cov_sqrt_trace(ca, cb))
