@@ -132,21 +132,30 @@ def save_ply(gaussians: Gaussians, path: str | Path) -> None:
 
 def load_ply(path: str | Path) -> Gaussians:
     """Read a binary 3DGS PLY (only its DC colour; higher SH bands are ignored)."""
-    raw = Path(path).read_bytes()
+    return ply_decode(Path(path).read_bytes(), str(path))
+
+
+def ply_decode(raw: bytes, path: str = "PLY") -> Gaussians:
+    """The Gaussians of binary 3DGS PLY bytes (``path`` names them in errors)."""
     end = raw.find(b"end_header\n")
     if not raw.startswith(b"ply") or end < 0:
         raise ValueError(f"{path}: not a PLY file")
-    lines = raw[:end].decode("ascii").splitlines()
-    if "format binary_little_endian 1.0" not in lines:
+    lines = [ln.split() for ln in raw[:end].decode("ascii", "replace").splitlines()]
+    if ["format", "binary_little_endian", "1.0"] not in lines:
         raise ValueError(f"{path}: only binary little-endian PLY is supported")
-    n = next(int(ln.split()[2]) for ln in lines if ln.startswith("element vertex"))
-    props = [ln.split()[2] for ln in lines if ln.startswith("property")]
-    if any(ln.split()[1] != "float" for ln in lines if ln.startswith("property")):
+    counts = [w[2] for w in lines if w[:2] == ["element", "vertex"] and len(w) == 3]
+    if len(counts) != 1 or not counts[0].isdigit():
+        raise ValueError(f"{path}: the header needs one 'element vertex <count>' line")
+    n = int(counts[0])
+    props = [w[-1] for w in lines if w[:1] == ["property"]]
+    if any(len(w) != 3 or w[1] != "float" for w in lines if w[:1] == ["property"]):
         raise ValueError(f"{path}: only float properties are supported")
     missing = [p for p in _PLY_FIELDS if p not in props and not p.startswith("n")]
     if missing:
         raise ValueError(f"{path}: missing 3DGS properties {missing}")
     body = raw[end + len(b"end_header\n") :]
+    if len(body) < n * len(props) * 4:
+        raise ValueError(f"{path}: {n} vertices declared, data for {len(body) // 4 // len(props)}")
     arr = np.frombuffer(body, dtype="<f4", count=n * len(props)).reshape(n, len(props))
     col = {p: torch.from_numpy(arr[:, i].copy()) for i, p in enumerate(props)}
 
