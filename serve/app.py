@@ -11,6 +11,8 @@
 - Bad input gets an answer that names the problem, never a traceback, and never fails another
   request: 422 (invalid parameters or image), 413 (body over the limit, also when streamed),
   415 (content type), 408 (stalled body), 404 (unknown student), 409 (student not loaded).
+- ``GET /`` is a page to try it in a browser (serve/page.py), with the two routes it needs
+  beyond the API: ``POST /v1/turntable`` (frames around a PLY) and ``GET /v1/sweep``.
 - Admin routes (activate) need ``Authorization: Bearer <token>`` when a token is configured
   (``admin_token`` or the environment variable ``DISTILL_ADMIN_TOKEN``); without one the server
   only binds loopback addresses, so only local clients can reach them.
@@ -32,6 +34,7 @@ from serve import budget
 from serve.batching import Batcher
 from serve.config import ServeConfig
 from serve.metrics import ServeMetrics
+from serve.page import add_page
 from serve.pipeline import Pipeline, decode_image
 from serve.registry import (
     BudgetAndChoice,
@@ -146,6 +149,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def generate(request: Request):
         return await _generate(server, request)
 
+    add_page(app, server)  # GET / (the page), /static, /v1/turntable, /v1/sweep
     return app
 
 

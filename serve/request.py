@@ -107,6 +107,10 @@ ROUTES = (
     ("/v1/students", re.compile(r"/v1/students/?")),
     ("/healthz", re.compile(r"/healthz/?")),
     ("/metrics", re.compile(r"/metrics/?")),
+    ("/v1/turntable", re.compile(r"/v1/turntable/?")),
+    ("/v1/sweep", re.compile(r"/v1/sweep/?")),
+    ("/", re.compile(r"/")),
+    ("/static", re.compile(r"/static/.*")),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -66,3 +67,23 @@ class RunningServer:
     def __exit__(self, *a):
         self.uv.should_exit = True
         self.thread.join(timeout=15)
+
+
+def write_sweep(path: Path) -> Path:
+    """A small sweep results.json for the tiny serving students: the teacher slow and dominated,
+    shortcut@1, consistency@1 and consistency@2 on the FID front, shortcut@2 off it."""
+    rows = [  # (model, method, steps, diffusion ms, fid)
+        ("teacher", "teacher", 50, 500.0, 9.0),
+        ("shortcut", "shortcut", 1, 2.0, 8.0),
+        ("shortcut", "shortcut", 2, 6.0, 7.5),
+        ("consistency", "consistency", 1, 3.0, 7.0),
+        ("consistency", "consistency", 2, 5.0, 5.0),
+    ]
+    out = [
+        {"model": m, "method": k, "sampler": "euler", "steps": s, "diffusion_ms": d,
+         "recon_ms": 1.0, "total_ms": d + 1.0, "fid": f, "fid_ci95": 0.5, "device": "test cpu"}
+        for m, k, s, d, f in rows
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": {}, "rows": out}))
+    return path
