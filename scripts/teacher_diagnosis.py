@@ -9,6 +9,15 @@ against training compute. Writes <out>/diagnosis.json, .md and learning_curve.pn
 resumes (finished variants are kept, training resumes from its checkpoints).
 
     python scripts/teacher_diagnosis.py --steps 1500 --every 500
+
+With ``--equal-time`` the variants get equal wall time instead of equal updates: a short probe
+run times one update of each, and every variant after the first gets the first's budget in
+seconds (its updates and checkpoint period scaled by the ratio). The shipped recipe against the
+teacher v3 (reference attention + camera rays) on world version 3:
+
+    python scripts/teacher_diagnosis.py --variants shipped_objective,v3 --equal-time \
+        --world-version 3 --data-root data/world3 --steps 3000 --every 1000 \
+        --run-root runs/teacher_diag_w3 --out docs/teacher/diagnosis_v3
 """
 
 from __future__ import annotations
@@ -46,31 +55,65 @@ VARIANTS = {
         ["teacher.prediction=x0", "objective.loss_space=velocity"],
     ),
 }
+# the stage 1 objective on the teacher v3: reference attention at every level + Pluecker rays
+VARIANTS["v3"] = ("teacher v3 (reference attention, camera rays), stage 1's objective", [])
+CONFIGS = {"v3": "configs/teacher/v3.yaml"}  # a variant's base config; default.yaml otherwise
+DEFAULT_CONFIG = "configs/teacher/default.yaml"
+PROBE_STEPS = 30  # updates timed per variant for --equal-time (the first 10 are warm-up)
 NOISE_LEVELS = (0.2, 0.6, 1.0)
+SAMPLE_STEPS = 50  # Euler steps of the samples measured (--sample-steps, for smoke runs)
 
 
-def train_variant(name: str, overrides: list[str], a) -> float:
-    run = Path(a.run_root) / f"{name}_{a.steps}"
+def train_variant(
+    name: str, overrides: list[str], a, run: Path, steps: int, every: int, log_every: int = 50
+) -> float:
     cmd = [
         sys.executable,
         "-m",
         "distill.cli",
         "teacher",
         "train",
-        "configs/teacher/default.yaml",
+        CONFIGS.get(name, DEFAULT_CONFIG),
         f"run_dir={run}",
         f"out={run / 'teacher'}",
-        "world.version=2",
+        f"world.version={a.world_version}",
         f"data.root={a.data_root}",
         f"data.train_count={a.train_count}",
-        f"train.steps={a.steps}",
-        f"train.ckpt_every={a.every}",
+        f"train.steps={steps}",
+        f"train.ckpt_every={every}",
         "train.keep_ckpts=20",
+        f"train.log_every={log_every}",
         *overrides,
+        *a.set,
     ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return time.perf_counter() - t0
+
+
+def seconds_per_update(name: str, overrides: list[str], a) -> float:
+    """One update's wall seconds of variant ``name``: a PROBE_STEPS-update run, timed between
+    its 10th and last update (losses.csv), kept under <run-root>/probe_<name>."""
+    run = Path(a.run_root) / f"probe_{name}"
+    if not (run / "teacher" / "teacher.json").exists():
+        train_variant(name, overrides, a, run, PROBE_STEPS, PROBE_STEPS, log_every=10)
+    elapsed = _elapsed_minutes(run)
+    return 60 * (elapsed[PROBE_STEPS] - elapsed[10]) / (PROBE_STEPS - 10)
+
+
+def budgets(names: list[str], a) -> dict[str, tuple[int, int, float]]:
+    """(updates, checkpoint period, probed seconds per update) per variant: --steps and --every
+    for all, or with --equal-time the first variant's wall time for each."""
+    if not a.equal_time:
+        return {n: (a.steps, a.every, 0.0) for n in names}
+    sec = {n: seconds_per_update(n, VARIANTS[n][1], a) for n in names}
+    first = sec[names[0]]
+    out = {}
+    for n in names:
+        r = first / sec[n]
+        out[n] = (max(1, round(a.steps * r)), max(1, round(a.every * r)), sec[n])
+        print(f"{n}: {sec[n]:.3f} s/update -> {out[n][0]} updates, every {out[n][1]}", flush=True)
+    return out
 
 
 def load_checkpoint(run: Path, step: int):
@@ -147,7 +190,7 @@ def evaluate(model, truth, seeds, axis) -> dict:
     from students.sampling import sample_views
 
     row = x0_curve(model, truth, axis, seeds)
-    views, _ = sample_views(model, truth.cond, 50, seeds, "euler", 1.0, batch=32)
+    views, _ = sample_views(model, truth.cond, SAMPLE_STEPS, seeds, "euler", 1.0, batch=32)
     s = axis.summary(axis.evaluate(views))
     keys = ("seen_psnr_view0", "seen_psnr", "sharpness", "unseen_dist", "averaged_rate", "fid")
     for k in keys:
@@ -194,7 +237,7 @@ def write_report(out: Path, res: dict, copy: float) -> None:
             ax.plot([p["train_minutes"] for p in pts], [p[k] for p in pts], "-o", label=name)
         ref = res.get("reference")
         if ref and ref.get("train_minutes"):
-            ax.plot([ref["train_minutes"]], [ref[k]], "k*", ms=10, label="shipped (world 1)")
+            ax.plot([ref["train_minutes"]], [ref[k]], "k*", ms=10, label="reference teacher")
         if k.startswith("seen") or k.startswith("x0"):
             ax.axhline(copy, color="grey", ls="--", lw=0.8, label="copy the condition")
         ax.set_xlabel("training compute, minutes on this machine")
@@ -208,14 +251,18 @@ def write_report(out: Path, res: dict, copy: float) -> None:
     lines = [
         "# Teacher diagnosis (val split)",
         "",
-        f"`scripts/teacher_diagnosis.py`, {res['objects']} val objects of world version 2, the"
-        f" shipped architecture trained from scratch on {res['train_count']} objects, batch 16,"
-        " EMA weights at each checkpoint. Copying the condition into view 0 scores"
+        f"`scripts/teacher_diagnosis.py`, {res['objects']} val objects of world version"
+        f" {res.get('world_version', 2)}, each variant's architecture trained from scratch on"
+        f" {res['train_count']} objects, batch 16 unless set otherwise"
+        f" ({' '.join(res.get('set', [])) or 'nothing set'}), EMA weights at each checkpoint;"
+        f" {'equal wall time' if res.get('equal_time') else 'equal updates'} per variant."
+        " Copying the condition into view 0 scores"
         f" {copy:.2f} dB on the seen pixels.",
         "",
         "![curve](learning_curve.png)",
         "",
-        "| variant | updates | minutes | x0 t=0.2 | x0 t=0.6 | x0 t=1.0 | 50-step seen view 0 |"
+        "| variant | updates | minutes | x0 t=0.2 | x0 t=0.6 | x0 t=1.0 |"
+        f" {res.get('sample_steps', 50)}-step seen view 0 |"
         " seen pooled | sharpness | unseen dist | FID |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -231,7 +278,7 @@ def write_report(out: Path, res: dict, copy: float) -> None:
     ref = res.get("reference")
     if ref:
         lines.append(
-            f"| shipped teacher ({ref['teacher']}, world version 1, both stages) | 4000 |"
+            f"| reference teacher ({ref['teacher']}, its own world, both stages) | - |"
             f" {_minutes(ref['train_minutes'])} | {ref['x0_seen_psnr_view0_t0.2']:.2f} |"
             f" {ref['x0_seen_psnr_view0_t0.6']:.2f} | {ref['x0_seen_psnr_view0_t1.0']:.2f} |"
             f" {ref['seen_psnr_view0']:.2f} ± {ref['seen_psnr_view0_ci95']:.2f} |"
@@ -250,6 +297,16 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--train-count", type=int, default=2000)
     ap.add_argument("--eval-count", type=int, default=64)
     ap.add_argument("--data-root", default="data/world2")
+    ap.add_argument("--world-version", type=int, default=2, help="train and val world")
+    ap.add_argument(
+        "--set", action="append", default=[], help="key=value for every training run (smoke)"
+    )
+    ap.add_argument("--sample-steps", type=int, default=SAMPLE_STEPS, help="Euler steps")
+    ap.add_argument(
+        "--equal-time",
+        action="store_true",
+        help="equal wall time per variant (the first's at --steps) instead of equal updates",
+    )
     ap.add_argument("--run-root", default="runs/teacher_diag", help="one run folder per budget")
     ap.add_argument("--encoder", default="shipped/encoder")
     ap.add_argument("--out", default="docs/teacher/diagnosis")
@@ -273,6 +330,8 @@ def _load_results(res_path: Path, a, copy: float) -> dict:
         (k if "@" in k else f"{k}@{v['steps']}"): v for k, v in res["variants"].items()
     }
     res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
+    res.update(world_version=a.world_version, equal_time=a.equal_time, set=a.set)
+    res.update(sample_steps=a.sample_steps)
     return res
 
 
@@ -300,14 +359,17 @@ def _recipe_entry(a, truth, seeds, axis) -> tuple[str, dict]:
     }
 
 
-def _variant_entry(name: str, what: str, overrides: list[str], a, truth, seeds, axis) -> dict:
-    """Train variant ``name`` for --steps updates and measure every --every-th checkpoint."""
-    wall = train_variant(name, overrides, a)
-    run = Path(a.run_root) / f"{name}_{a.steps}"
+def _variant_entry(
+    name: str, what: str, overrides: list[str], a, budget: tuple, truth, seeds, axis
+) -> dict:
+    """Train variant ``name`` for its budget's updates and measure every checkpoint it keeps."""
+    steps, every, probe_s = budget
+    run = Path(a.run_root) / f"{name}_{steps}"
+    wall = train_variant(name, overrides, a, run, steps, every)
     info = json.loads((run / "teacher" / "teacher.json").read_text())
-    per_step = info["train_seconds_last_run"] / a.steps
+    per_step = info["train_seconds_last_run"] / steps
     points = []
-    for step in range(a.every, a.steps + 1, a.every):
+    for step in range(every, steps + 1, every):
         p = {"step": step, "train_minutes": step * per_step / 60}
         p.update(evaluate(load_checkpoint(run, step), truth, seeds, axis))
         points.append(p)
@@ -315,14 +377,17 @@ def _variant_entry(name: str, what: str, overrides: list[str], a, truth, seeds, 
     return {
         "what": what,
         "overrides": overrides,
-        "steps": a.steps,
+        "steps": steps,
+        "probe_s_per_update": probe_s,
         "wall_s": wall,
         "points": points,
     }
 
 
 def main() -> None:
+    global SAMPLE_STEPS
     a = _parse_args()
+    SAMPLE_STEPS = a.sample_steps
     from eval.encoder import FeatureEncoder
     from eval.quality import QualityAxis, copy_baseline
     from eval.views import eval_objects
@@ -330,7 +395,8 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    truth, seeds = eval_objects(a.data_root, "val", a.eval_count, 32, WorldConfig())
+    world = WorldConfig(version=a.world_version)
+    truth, seeds = eval_objects(a.data_root, "val", a.eval_count, world.image_size, world)
     axis = QualityAxis(truth, None, FeatureEncoder.from_pretrained(a.encoder))
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
@@ -344,12 +410,19 @@ def main() -> None:
         res_path.write_text(json.dumps(res, indent=2))
         write_report(out, res, copy)
         return
-    for name in a.variants.split(","):
+    names = a.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    budget = budgets(names, a)
+    for name in names:
         what, overrides = VARIANTS[name]
-        key = f"{name}@{a.steps}"  # one entry per variant and training budget
+        key = f"{name}@{a.steps}" + ("=time" if a.equal_time else "")  # variant and budget
         if key in res["variants"]:
             continue
-        res["variants"][key] = _variant_entry(name, what, overrides, a, truth, seeds, axis)
+        res["variants"][key] = _variant_entry(
+            name, what, overrides, a, budget[name], truth, seeds, axis
+        )
         res_path.write_text(json.dumps(res, indent=2))
         write_report(out, res, copy)
 
