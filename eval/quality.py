@@ -7,7 +7,8 @@ version 2 only), sharpness and grain (eval/sharpness.py), 3D through the fixed r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -24,7 +25,17 @@ from eval.seen import (
 )
 from eval.sharpness import hf_correlation, sharpness_log_error, sharpness_ratio
 from eval.stats import SET_BOOTSTRAP, mean_ci, paired_ci, paired_set_ci, set_ci
-from eval.unseen import BACK_VIEW, read_backs, unseen_distance
+from eval.unseen import (
+    DISAGREE,
+    UNREADABLE,
+    back_masks,
+    fit_pvalue,
+    leak,
+    legible_views,
+    outcome_counts,
+    read_objects,
+    unseen_distance,
+)
 from scenes.rig import Rig
 from scenes.samples import unpack_gaussians
 
@@ -36,7 +47,9 @@ PER_OBJECT = {
     "sharpness": None,  # 1.0 is best: below is blur, above is grain
     "sharpness_log_error": False,  # per view |log energy ratio|: blur and grain both count
     "hf_correlation": True,  # the truth's detail on seen pixels; noise is not detail
-    "averaged_rate": False,
+    "averaged_rate": False,  # unseen side: objects whose back is unreadable in a view
+    "unseen_disagree_rate": False,  # unseen side: views that show the back read different classes
+    "unseen_leak": None,  # [read == own back class] - chance: > 0 where the input shows the back
     "e2e_psnr": True,
     "e2e_ssim": True,
     "consistency_psnr": True,
@@ -105,6 +118,30 @@ class QualityAxis:
         self.real_features = features(encoder, truth.targets) if encoder is not None else None
         self.truth_means = unpack_gaussians(truth.gaussians).means
         self.has_backs = truth.world_version >= 2
+        if self.has_backs:  # the unseen side: where each true view shows its back legibly
+            self.back_mask = back_masks(self.seen_mask, self.object_mask)
+            self.back_shown = legible_views(truth.targets, self.back_mask, truth.back_class)
+            self.back_objects = self.back_shown.any(1)  # the objects the unseen side reads
+
+    def share(self, lo: int, hi: int) -> QualityAxis:
+        """This axis on objects ``lo..hi-1`` (one process's share of a sweep, eval/shards.py):
+        ``evaluate`` gives those objects the figures the whole axis gives them; the true-side
+        features and pooled seen views stay the whole set's."""
+        sub, t = copy.copy(self), self.truth
+        sub.truth = replace(
+            t,
+            cond=t.cond[lo:hi],
+            targets=t.targets[lo:hi],
+            heldout=t.heldout[lo:hi],
+            gaussians=t.gaussians[lo:hi],
+            back_class=t.back_class[lo:hi],
+        )
+        sub.seen_mask, sub.object_mask = self.seen_mask[lo:hi], self.object_mask[lo:hi]
+        sub.heldout_alpha, sub.truth_means = self.heldout_alpha[lo:hi], self.truth_means[lo:hi]
+        if self.has_backs:
+            sub.back_mask, sub.back_shown = self.back_mask[lo:hi], self.back_shown[lo:hi]
+            sub.back_objects = self.back_objects[lo:hi]
+        return sub
 
     @torch.no_grad()
     def evaluate(self, views: Tensor) -> dict[str, Tensor]:
@@ -118,8 +155,7 @@ class QualityAxis:
         p = psnr(views, t.targets)
         out["view0_psnr"], out["unseen_psnr"] = p[:, 0], p[:, 1:].mean(1)
         if self.has_backs:
-            out["back_read"] = read_backs(views[:, BACK_VIEW])
-            out["averaged_rate"] = (out["back_read"] < 0).double()
+            out.update(self._unseen(views))
         if self.lpips is not None:
             out["lpips"] = self._lpips(views)
         if self.recon is not None:
@@ -127,6 +163,19 @@ class QualityAxis:
         if self.encoder is not None:
             out["features"] = features(self.encoder, views)
         return out
+
+    def _unseen(self, views: Tensor) -> dict[str, Tensor]:
+        """Each object's back read (a class, unreadable or disagree: eval/unseen.py) and its
+        per-object figures, NaN for objects whose true views show no legible back."""
+        read = read_objects(views, self.back_mask, self.back_shown)
+        nan = torch.full(read.shape, float("nan"), dtype=torch.float64)
+        keep = self.back_objects
+        return {
+            "back_read": read,
+            "averaged_rate": torch.where(keep, (read == UNREADABLE).double(), nan),
+            "unseen_disagree_rate": torch.where(keep, (read == DISAGREE).double(), nan),
+            "unseen_leak": torch.where(keep, leak(read, self.truth.back_class), nan),
+        }
 
     def _lpips(self, views: Tensor) -> Tensor:
         """Per-object LPIPS (AlexNet) to the true views, averaged over views."""
@@ -166,13 +215,25 @@ class QualityAxis:
             if k in m:
                 row[k], row[k + "_ci95"] = mean_ci(m[k])
         if "back_read" in m:
-            read = m["back_read"]
-            row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
-                lambda idx: unseen_distance(read[idx]), len(read), self.set_resamples
-            )
+            row.update(self._unseen_summary(m["back_read"][self.back_objects]))
         if "features" in m:
             k = self.set_resamples
             row.update(distribution_metrics(self.real_features, m["features"], k))
+        return row
+
+    def _unseen_summary(self, read: Tensor) -> dict:
+        """Set figures of the back reads of the objects that show their back: the distance to
+        the known distribution with its interval, the goodness-of-fit p-value, the outcome
+        counts, and whether the leak's 95% lower bound exceeds 0 (``unseen_leak`` is per object)."""
+        row: dict = {"unseen_objects": len(read)}
+        row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
+            lambda idx: unseen_distance(read[idx]), len(read), self.set_resamples
+        )
+        row["unseen_fit_p"] = fit_pvalue(read)
+        row.update({f"unseen_{k}": v for k, v in outcome_counts(read).items()})
+        lv = leak(read, self.truth.back_class[self.back_objects])
+        lo = lv.mean() - mean_ci(lv)[1] if len(lv) > 1 else float("nan")
+        row["unseen_leaks"] = bool(lo > 0)
         return row
 
     def paired(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, float]:
@@ -182,7 +243,7 @@ class QualityAxis:
             if k in a and k in b:
                 row[k + "_diff"], row[k + "_diff_ci95"] = paired_ci(a[k], b[k])
         if "back_read" in a and "back_read" in b:
-            ra, rb = a["back_read"], b["back_read"]
+            ra, rb = a["back_read"][self.back_objects], b["back_read"][self.back_objects]
             row["unseen_dist_diff"], row["unseen_dist_diff_ci95"] = paired_set_ci(
                 lambda idx: unseen_distance(ra[idx]),
                 lambda idx: unseen_distance(rb[idx]),

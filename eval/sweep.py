@@ -7,6 +7,10 @@ Every cell uses the same test objects and the same per-object noise seeds. Finis
 cached under ``<out>/cells`` (eval/cells.py) keyed by the weight hashes of teacher, student,
 reconstructor and encoder, the sampling configuration and the evaluation set, so an interrupted
 sweep resumes and a stale cell is never reused.
+
+Under ``accelerate launch`` each process generates and measures its share of the objects
+(eval/shards.py); the main process gathers the per-object figures, computes every interval and
+verdict, times the cells alone at batch 1 (the others wait at a barrier) and writes every file.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from eval.metrics import load_lpips, psnr
 from eval.quality import QualityAxis, Truth
 from eval.recon_eval import render_images
 from eval.results import write_results
+from eval.shards import Shards, merge_figures
 from eval.stats import mean_ci
 from eval.timing import (
     batch_cost,
@@ -89,9 +94,12 @@ class Sweep:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
         dev = cfg.device
+        self.shards = Shards()  # this process among the sweep's processes
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
         )
+        if self.shards.count > 1 and dev == "auto":
+            self.device = self.shards.device  # each process on its own device
         self.out = Path(cfg.out)
         self.cache = CellCache(self.out / "cells")
         self.margins = load_margins(cfg.margins)  # read before any cell runs: fixed in advance
@@ -112,7 +120,8 @@ class Sweep:
         named = {f"teacher {cfg.teacher}": self.teacher}
         named |= {f"student {k}": m for k, m in self.models.items() if m is not self.teacher}
         self.eval_world = models_world(named)
-        ds = self.eval_world.open(cfg.data_root, cfg.split, cfg.objects)
+        with self.shards.main_first():  # the main process makes missing data, the rest read it
+            ds = self.eval_world.open(cfg.data_root, cfg.split, cfg.objects)
         if target_views(ds.world) != self.recon.rig.views:
             raise ValueError(
                 f"{cfg.data_root}: {cfg.split} views rendered at (azimuth, elevation) "
@@ -135,6 +144,8 @@ class Sweep:
             self.lpips,
             cfg.set_resamples,
         )
+        self.shards.split(cfg.objects, cfg.batch)
+        self.my_axis = self.axis.share(self.shards.lo, self.shards.hi)  # this process's objects
         self.hashes = {
             "teacher": self.teacher.weights_key(),
             "recon": self.recon.weights_key(),  # the lab's: its model.safetensors hash
@@ -199,12 +210,26 @@ class Sweep:
         ).cpu()
 
     def run_cell(self, name: str, model, sampler: str, steps: int, reference: Tensor | None):
-        """The cell's summary row and its per-object figures (for paired comparisons)."""
+        """The cell's summary row, its per-object figures (for paired comparisons) and views on
+        the main process (None elsewhere), and this process's share of the views; ``reference``:
+        the reference cell's views of this process's share."""
+        sh, per, mine, nfe = self.shards, {}, None, 0
         with torch.inference_mode():
-            views, nfe = self._generate(model, sampler, steps, self.cond, self.seeds)
-            per = self.axis.evaluate(views)
-            if reference is not None:
-                per["teacher_psnr"] = psnr(views, reference).mean(1)
+            if sh.hi > sh.lo:
+                mine, nfe = self._generate(
+                    model, sampler, steps, sh.mine(self.cond), sh.mine(self.seeds)
+                )
+                per = self.my_axis.evaluate(mine)
+                if reference is not None:
+                    per["teacher_psnr"] = psnr(mine, reference).mean(1)
+        parts = sh.gather((per, None if mine is None else mine.half(), nfe))
+        if parts is None:
+            return None, None, None, mine
+        if sh.count == 1:
+            views = mine
+        else:
+            views = torch.cat([v for _, v, _ in parts if v is not None])
+            per, nfe = merge_figures([f for f, _, _ in parts]), parts[0][2]
         row = {
             "model": name,
             "method": model.method,
@@ -215,7 +240,7 @@ class Sweep:
         }
         if "teacher_psnr" in per:
             row["teacher_psnr"], row["teacher_psnr_ci95"] = mean_ci(per["teacher_psnr"])
-        return row, per, views
+        return row, per, views, mine
 
     def _pipe(self, model, sampler: str, steps: int) -> tuple:
         """(setup, generate, reconstruct, render) of a cell for eval/timing.py; ``setup`` puts a
@@ -258,35 +283,43 @@ class Sweep:
         return out
 
     def _cached(self, name, model, sampler, steps, reference, ref_per=None):
-        """(row, per-object figures, views) of a cell from its keyed cache, else computed, with
-        its paired differences to the reference cell (``ref_per``; none given: this cell is the
+        """(row, per-object figures, this process's share of the views) of a cell from its
+        keyed cache, else computed (row and figures then on the main process only), with its
+        paired differences to the reference cell (``ref_per``; none given: this cell is the
         reference, paired with itself) stored in the row."""
         key = self.cell_key(model, sampler, steps)
         found = self.cache.load(name, sampler, steps, key)
         if found is not None:
-            return found
-        row, per, views = self.run_cell(name, model, sampler, steps, reference)
-        row["cell_key"] = key
-        row["train_seconds"] = train_seconds(model)
-        against = per if ref_per is None else ref_per
-        row.update({"vs_ref_" + k: v for k, v in self.axis.paired(per, against).items()})
-        self.cache.save(name, sampler, steps, key, row, per, views)
-        return row, per, views
+            row, per, views = found
+            return row, per, self.shards.mine(views)
+        row, per, views, mine = self.run_cell(name, model, sampler, steps, reference)
+        if row is not None:
+            row["cell_key"] = key
+            row["train_seconds"] = train_seconds(model)
+            against = per if ref_per is None else ref_per
+            row.update({"vs_ref_" + k: v for k, v in self.axis.paired(per, against).items()})
+            self.cache.save(name, sampler, steps, key, row, per, views)
+        self.shards.wait()  # the cell is on disk before any process looks for the next one
+        return row, per, mine
 
     def run(self) -> list[dict]:
         cells = self.cells()
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
         ref_steps = self.cfg.reference_steps
         _, ref_per, ref_views = self._cached("teacher", self.teacher, "euler", ref_steps, None)
-        ref_views = ref_views.float()
-        rows, pers = [], {}
-        for name, model, sampler, steps in tqdm(cells, desc="sweep cells", unit="cell"):
+        ref_views = None if ref_views is None else ref_views.float()  # an empty share: None
+        rows, pers, main = [], {}, self.shards.is_main
+        for name, model, sampler, steps in tqdm(
+            cells, desc="sweep cells", unit="cell", disable=not main
+        ):
             row, per, _ = self._cached(name, model, sampler, steps, ref_views, ref_per)
             rows.append(row)
             pers[(name, sampler, steps)] = per
-        self.time_cells(cells, rows)
-        self.write(rows, pers)
-        return rows
+        if main:  # latency at batch 1 by the main process alone, then the files
+            self.time_cells(cells, rows)
+            self.write(rows, pers)
+        self.shards.wait()
+        return rows if main else []
 
     # --- the outputs ------------------------------------------------------------------------
     def write(self, rows: list[dict], pers: dict) -> None:
@@ -316,6 +349,7 @@ class Sweep:
             "config": asdict(self.cfg),
             "device": device_name(self.device),
             "objects": len(self.seeds),
+            "processes": self.shards.count,  # that generated and measured the objects
             "eval_set": f"{self.cfg.split} split objects 0..{len(self.seeds) - 1}",
             "split": self.cfg.split,
             "world_version": self.world.version,
