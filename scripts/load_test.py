@@ -361,6 +361,9 @@ HEADLINE = (
 
 def main() -> int:
     args = parse_args()
+    # the server runs from the repository root: hand it the folders this command was given
+    for k in ("students", "reconstructor", "sweep"):
+        setattr(args, k, str(Path(getattr(args, k)).resolve()))
     students, images, seeds = condition_images(args)
     print(f"computing references for {students} ...", flush=True)
     refs = references(students, args.students, args.reconstructor, images, seeds, args.steps)
