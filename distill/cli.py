@@ -53,6 +53,23 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="runs/bench/teacher.json", help="output JSON")
 
+    p = bsub.add_parser("scale", help="cost of each stage vs image size and batch, peak memory")
+    p.add_argument("--sizes", default="32,64,128,256", help="comma-separated image sizes (px)")
+    p.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls (median) after warm-up")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--out", default="docs/bench/scale", help="output path without suffix")
+
+    p = bsub.add_parser("compile", help="one-step pipeline: torch.compile vs eager, same run")
+    p.add_argument("--student", default="shipped/students/shortcut", help="a student folder")
+    p.add_argument("--recon", default="shipped/recon", help="reconstructor folder")
+    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds (median) after warm-up")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--no-channels-last", action="store_true", help="compile without it")
+    p.add_argument("--out", default="docs/bench/compile.json", help="output JSON")
+
     p = bsub.add_parser("recon", help="each reconstructor's forward at its own rig size")
     p.add_argument("names", nargs="+", help="reconstructor folders, or lgm-big (random weights)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (median) after warm-up")
@@ -209,6 +226,17 @@ def _steps(text: str) -> list[int]:
     return steps
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    """Comma-separated positive integers of ``flag``, or a ValueError naming it."""
+    try:
+        out = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise ValueError(f"{flag} must list positive integers separated by commas, got {text!r}")
+    return out
+
+
 def _root_arg(args: argparse.Namespace) -> list[str]:
     return [f"root={args.root}"] if getattr(args, "root", None) else []
 
@@ -227,6 +255,20 @@ def _bench(args: argparse.Namespace) -> None:
         from distill.bench_teacher import bench_teacher
 
         bench_teacher(args.folders, args.out, args.repeats, args.device, args.threads)
+        return
+    if args.sub == "compile":
+        from distill.bench_compile import bench_compile
+
+        batches = _ints(args.batches, "--batches")
+        cl = not args.no_channels_last
+        bench_compile(args.student, args.recon, args.out, batches, args.repeats, args.device, cl)
+        return
+    if args.sub == "scale":
+        from distill.bench_scale import STAGES, bench_scale
+
+        stages = args.stages.split(",") if args.stages else STAGES
+        sizes, batches = _ints(args.sizes, "--sizes"), _ints(args.batches, "--batches")
+        bench_scale(args.out, sizes, batches, stages, args.repeats, args.device)
         return
     if args.sub == "recon":
         from distill.bench_recon import bench_recon

@@ -30,3 +30,6 @@ class ServeConfig:
     preload_front: bool = True  # load the sweep's Pareto-front students at start, for budgets
     admin_token: str = ""  # bearer token for admin routes (default: $DISTILL_ADMIN_TOKEN)
     device: str = "auto"
+    # torch.compile (with channels-last weights) for every loaded pipeline; the budget picker and
+    # the batcher then learn the compiled path's latency (serve/budget.py LatencyModel)
+    compile: bool = False

@@ -253,6 +253,8 @@ class Registry:
             merge_lora=self.cfg.merge_lora,
         )
         pipe.name = name
+        if self.cfg.compile:
+            pipe.compile()
         size = pipe.image_size
         pipe(torch.zeros(1, 3, size, size), steps=pipe.default_steps, seed=0)  # warm-up
         return pipe

@@ -1,0 +1,307 @@
+"""`distill bench scale`: how cost grows with image size and batch (issue 29 item 3).
+
+Stages: one teacher step (a network call), one student step (the shipped shortcut student's
+network: the teacher's with its second time input, LoRA merged as served), the reconstructor,
+the rasterizer (the reconstructor's V*H*W pixel-aligned Gaussians rendered to the held-out
+cameras) and the whole 1-step pipeline (noise -> one student call -> reconstructor). Every
+network is untrained, of the shipped architecture (shipped/teacher/teacher.json,
+shipped/recon/recon.json) with only its image size changed.
+
+Each (stage, size, batch) runs in its own subprocess, so its peak memory is its own: on the CPU
+the growth of the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
+from just before the first call (networks and inputs built) to the end of the timed calls
+(tracemalloc does not see torch's allocations); on CUDA ``torch.cuda.max_memory_allocated``.
+Time: median of ``repeats`` calls after one warm-up call. Per stage and batch, the exponent k of
+time ~ pixels^k is the least-squares slope on log-log over the sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+STAGES = ("teacher_step", "student_step", "recon", "raster", "pipeline_1step")
+SIZES = (32, 64, 128, 256)
+BATCHES = (1, 8, 32)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(record: str) -> dict:
+    return json.loads((ROOT / record).read_text())["config"]
+
+
+def build(stage: str, size: int, device: torch.device) -> dict:
+    """Untrained networks of the shipped architectures at ``size`` px that ``stage`` needs."""
+    from recon.model import ReconConfig, Reconstructor
+    from students.module import Student, StudentConfig
+    from teachers.lab import LabTeacher, LabTeacherConfig
+
+    torch.manual_seed(0)
+    nets = {}
+    rc = _config("shipped/recon/recon.json")  # every stage: the rasterizer renders its output
+    nets["recon"] = Reconstructor(ReconConfig(**{**rc, "image_size": size})).to(device).eval()
+    if stage in ("teacher_step", "student_step", "pipeline_1step"):
+        tc = _config("shipped/teacher/teacher.json")
+        teacher = LabTeacher(LabTeacherConfig(**{**tc, "image_size": size})).to(device).eval()
+        nets["teacher"] = teacher
+        if stage != "teacher_step":
+            nets["student"] = Student(teacher, StudentConfig(second_time=True)).to(device).eval()
+    return nets
+
+
+def stage_call(stage: str, size: int, batch: int, device: torch.device):
+    """A no-argument function that runs ``stage`` once on fixed inputs."""
+    from eval.recon_eval import render_images
+    from scenes.rig import make_rig
+    from scenes.world import WorldConfig
+
+    nets = build(stage, size, device)
+    rig = make_rig(WorldConfig(image_size=size))
+    recon = nets["recon"]
+    vm = rig.target_viewmats.to(device)
+    K = rig.K.expand(len(vm), 3, 3).to(device)
+    g = torch.Generator().manual_seed(0)
+    views = (torch.rand(batch, len(vm), 3, size, size, generator=g) * 2 - 1).to(device)
+    cond = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
+    t = torch.ones(batch, device=device)
+    if stage == "recon":
+        return lambda: recon(views, vm, K)
+    if stage == "raster":
+        with torch.inference_mode():
+            gs = recon(views, vm, K)
+        held = rig.heldout_viewmats.to(device)
+        return lambda: render_images(gs, held, rig.K.to(device), size)
+    net = nets["student" if stage != "teacher_step" else "teacher"]
+    x = torch.randn(batch, *nets["teacher"].noise_shape(), generator=g).to(device)
+    s = torch.zeros(batch, device=device)
+    if stage == "teacher_step":
+        return lambda: net(x, t, cond)
+    if stage == "student_step":
+        return lambda: net(x, t, cond, s=s)
+    v = len(vm)
+
+    def pipeline():  # one student step from noise (x0 prediction), then the reconstructor
+        out = net(x, t, cond, s=s)
+        return recon(out.reshape(batch, v, 3, size, size).clamp(-1, 1), vm, K)
+
+    return pipeline
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_one(stage: str, size: int, batch: int, repeats: int, device: str) -> dict:
+    """One configuration's median seconds and peak memory (run in a fresh process)."""
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    )
+    fn = stage_call(stage, size, batch, dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):  # the first call warms up
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            if i:
+                times.append(time.perf_counter() - t0)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    row = {
+        "stage": stage,
+        "size": size,
+        "batch": batch,
+        "pixels": size * size,
+        "median_s": sorted(times)[len(times) // 2],
+        "times_s": times,
+        "device": dev.type,
+    }
+    if dev.type == "cuda":
+        row["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["memory"] = "torch.cuda.max_memory_allocated"
+    else:
+        row["peak_mb"] = (peak_kb - base_kb) / 1024
+        row["process_peak_mb"] = peak_kb / 1024
+        row["memory"] = "ru_maxrss growth over the calls (fresh process per configuration)"
+    return row
+
+
+def exponent(rows: list[dict]) -> float | None:
+    """k in time ~ pixels^k: least-squares slope of log time on log pixels."""
+    pts = [(math.log(r["pixels"]), math.log(r["median_s"])) for r in rows if r["median_s"] > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
+
+
+def _run_one(stage: str, size: int, batch: int, repeats: int, device: str, timeout: float) -> dict:
+    """``measure_one`` in a fresh subprocess; a failure (out of memory, time out) is recorded."""
+    cmd = [sys.executable, "-m", "distill.bench_scale", stage, str(size), str(batch)]
+    cmd += [str(repeats), device]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"stage": stage, "size": size, "batch": batch, "error": f"over {timeout:.0f} s"}
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode != 0 or not lines:
+        err = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        return {"stage": stage, "size": size, "batch": batch, "error": err}
+    return json.loads(lines[-1])
+
+
+def exponents(rows: list[dict]) -> dict:
+    """Per stage and batch: k of time ~ pixels^k over the measured sizes."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r["stage"], {}).setdefault(str(r["batch"]), [])
+    for stage, per in out.items():
+        for b in per:
+            ok = [
+                r for r in rows if r["stage"] == stage and str(r["batch"]) == b and "error" not in r
+            ]
+            per[b] = exponent(ok)
+    return out
+
+
+def _markdown(rows: list[dict], ks: dict, meta: dict) -> str:
+    sizes = sorted({r["size"] for r in rows})
+    lines = [
+        "# How cost grows with image size and batch (`distill bench scale`)",
+        "",
+        f"Device: {meta['device']}; {meta['repeats']} timed calls after a warm-up (median);"
+        f" memory: {meta['memory']}. Untrained networks of the shipped architectures.",
+        "",
+        "| stage | batch | " + " | ".join(f"{s} px s (MB)" for s in sizes) + " | k |",
+        "|---|---|" + "---|" * len(sizes) + "---|",
+    ]
+    for stage in ks:
+        for b, k in ks[stage].items():
+            cells = []
+            for s in sizes:
+                r = next(
+                    (r for r in rows if (r["stage"], str(r["batch"]), r["size"]) == (stage, b, s)),
+                    None,
+                )
+                if r is None:
+                    cells.append("")
+                elif "error" in r:
+                    cells.append(f"failed: {r['error'][:40]}")
+                else:
+                    cells.append(f"{r['median_s']:.4g} ({r['peak_mb']:.0f})")
+            kk = "n/a" if k is None else f"{k:.2f}"
+            lines.append(f"| {stage} | {b} | " + " | ".join(cells) + f" | {kk} |")
+    lines += [
+        "",
+        "Largest stage per size and batch (of teacher step, reconstructor, rasterizer):",
+        "",
+    ]
+    for (s, b), name in dominant(rows).items():
+        lines.append(f"- {s} px, batch {b}: {name}")
+    return "\n".join(lines) + "\n"
+
+
+def dominant(rows: list[dict]) -> dict:
+    """(size, batch) -> the costliest of the stages a served request chains."""
+    out = {}
+    for s in sorted({r["size"] for r in rows}):
+        for b in sorted({r["batch"] for r in rows}):
+            ok = [
+                r
+                for r in rows
+                if (r["size"], r["batch"]) == (s, b)
+                and "error" not in r
+                and r["stage"] in ("student_step", "teacher_step", "recon", "raster")
+            ]
+            if ok:
+                out[(s, b)] = max(ok, key=lambda r: r["median_s"])["stage"]
+    return out
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        for stage in STAGES:
+            pts = sorted(
+                (r["pixels"], r["median_s"])
+                for r in rows
+                if r["stage"] == stage and r["batch"] == b and "error" not in r
+            )
+            if pts:
+                ax.loglog(*zip(*pts), marker="o", label=stage)
+        ax.set(title=f"batch {b}", xlabel="pixels per view", ylabel="seconds")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bench_scale(
+    out: str = "docs/bench/scale",
+    sizes=SIZES,
+    batches=BATCHES,
+    stages=STAGES,
+    repeats: int = 3,
+    device: str = "auto",
+    timeout: float = 1800.0,
+) -> dict:
+    """Every (stage, size, batch) in its own process; writes ``out``.{json,md,png}."""
+    for st in stages:
+        if st not in STAGES:
+            raise ValueError(f"unknown stage {st!r}; stages: {', '.join(STAGES)}")
+    rows = []
+    for size in sizes:
+        for batch in batches:
+            for stage in stages:
+                r = _run_one(stage, size, batch, repeats, device, timeout)
+                print(
+                    json.dumps(
+                        {
+                            k: r.get(k)
+                            for k in ("stage", "size", "batch", "median_s", "peak_mb", "error")
+                        }
+                    ),
+                    flush=True,
+                )
+                rows.append(r)
+    ok = [r for r in rows if "error" not in r]
+    meta = {
+        "device": ok[0]["device"] if ok else device,
+        "repeats": repeats,
+        "memory": ok[0]["memory"] if ok else "",
+        "threads": torch.get_num_threads(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    ks = exponents(rows)
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    result = {"meta": meta, "exponents": ks, "rows": rows}
+    base.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    base.with_suffix(".md").write_text(_markdown(rows, ks, meta))
+    _plot(rows, base.with_suffix(".png"))
+    print(f"wrote {base}.json, .md, .png")
+    return result
+
+
+if __name__ == "__main__":  # one configuration: STAGE SIZE BATCH REPEATS DEVICE
+    a = sys.argv[1:]
+    print(json.dumps(measure_one(a[0], int(a[1]), int(a[2]), int(a[3]), a[4])))
