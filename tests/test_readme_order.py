@@ -102,6 +102,9 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
         ),
     ),
     ("DISTILL_ADMIN_TOKEN=", Skip("a public server with an admin token")),
+    ("apt-get install", Skip("installs a system package (a browser)")),
+    (".venv/bin/pytest tests/", Skip("a test file of the suite (runs with the suite)")),
+    (".venv/bin/python scripts/page_screenshot.py", Skip("needs a browser; writes docs/")),
 ]
 
 
