@@ -15,7 +15,7 @@ from eval.geometry import silhouette_iou
 from eval.seen import masked_psnr, masked_ssim, pooled_psnr, visible_mask
 from eval.sharpness import sharpness_ratio
 from eval.stats import excludes_zero, mean_ci, paired_ci, set_ci
-from eval.unseen import BACK_VIEW, read_backs, read_distribution, unseen_distance
+from eval.unseen import read_backs, read_distribution, unseen_distance
 from scenes.objects import back_class, make_object
 from scenes.rig import make_rig
 from scenes.samples import make_samples
@@ -106,8 +106,11 @@ def test_unseen_distance_known_distributions():
     assert unseen_distance(torch.zeros(50, dtype=torch.long)) == pytest.approx(1 - p[0].item())
     # all unreadable (washed-out averages): disjoint from the truth
     assert unseen_distance(torch.full((10,), -1)) == pytest.approx(1.0)
-    q = read_distribution(torch.tensor([0, 0, -1, 5]))
-    assert q.tolist() == [0.5, 0, 0, 0, 0, 0.25, 0.25]
+    q = read_distribution(torch.tensor([0, 0, -1, 5, -2, -2, 0, 0]))
+    assert q.tolist() == [0.5, 0, 0, 0, 0, 0.125, 0.125, 0.25]  # classes, unreadable, disagree
+
+
+BACK_VIEW = 2  # the target view at azimuth 180
 
 
 def test_world_v2_back_classes_and_reader():
