@@ -72,7 +72,10 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
     ("distill bench teacher", Run({"--repeats": "1"})),
     ("distill recon train", Skip(LONG)),
     ("distill recon eval", Run({"--count": "2"})),
-    ("distill recon run", Run()),
+    (
+        "distill recon run",  # README defect, to mend there: fails on the grid.png made above
+        Skip("its grid.png is `teacher sample`'s contact sheet (847x341), not a 2x2 view grid"),
+    ),
     (
         "distill train --method shortcut",
         Run(
