@@ -90,6 +90,57 @@ def amortised(rows: list[dict], reference_steps: int = 50) -> tuple[str, list[st
     return "\n".join(lines), notes
 
 
+def unseen_lines(rows: list[dict], meta: dict) -> list[str]:
+    """The unseen side per cell: outcome counts (read / unreadable / disagree), the distance to
+    the known back-class distribution, the goodness-of-fit p-value and the leak (per-object
+    accuracy minus chance, 95% interval); on world 2 which cells' backs leak."""
+    cells = [r for r in rows if "unseen_objects" in r]
+    if not cells:
+        return []
+    shares = ", ".join(f"view {v} {s:.0%}" for v, s in enumerate(meta.get("back_views", [])))
+    lines = [
+        "",
+        "## Unseen side",
+        "",
+        "Each object's back class is read in every target view that shows it (inside the true"
+        " silhouette, where the condition camera does not see the surface, and where the true"
+        " view reads its own back there"
+        + (f": {shares} of the objects" if shares else "")
+        + "); the views must agree. Outcomes: read (a class), unreadable (a view that shows the"
+        " back cannot be read), disagree (views read different classes). `fit p`: goodness of"
+        " fit of the outcomes to the known back-class distribution (unreadable and disagree"
+        " count against it). `leak`: per-object accuracy minus the chance of a generator blind"
+        " to the input, with its 95% interval; the back *leaks* when the lower bound exceeds 0.",
+        "",
+        "| model | sampler | steps | objects | read | unreadable | disagree | unseen dist |"
+        " fit p | leak | leaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells.sort(key=lambda r: (r["method"] != "teacher", r["model"], r["sampler"], r["steps"]))
+    for r in cells:
+        lines.append(
+            f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['unseen_objects']} |"
+            f" {r['unseen_read']} | {r['unseen_unreadable']} | {r['unseen_disagree']} |"
+            f" {_ci(r, 'unseen_dist', '.3f')} | {r['unseen_fit_p']:.3g} |"
+            f" {_ci(r, 'unseen_leak', '+.3f')} | {'yes' if r['unseen_leaks'] else 'no'} |"
+        )
+    leaking = [f"{r['model']}@{r['steps']}" for r in cells if r["unseen_leaks"]]
+    if meta.get("world_version") == 2:
+        lines += [
+            "",
+            "World 2 paints the back by half-space, so it shows in the condition image: "
+            + (
+                f"the back leaks in {', '.join(leaking)} (their read class follows the object's"
+                " own beyond chance)."
+                if leaking
+                else "no cell reads it beyond chance."
+            ),
+        ]
+    elif leaking:
+        lines += ["", f"Beyond chance on a world that hides the back: {', '.join(leaking)}."]
+    return lines
+
+
 def _decides(n: int | None) -> str:
     if n is None or n < 0:
         return "no number of objects decides it at this variance (the estimate sits on the margin)"
@@ -256,6 +307,7 @@ def report(rows: list[dict], meta: dict) -> str:
         amort,
         "",
         *[f"- {n}" for n in notes],
+        *unseen_lines(rows, meta),
         *timing_lines(rows, meta),
     ]
     if meta["skipped"]:

@@ -360,7 +360,8 @@ class Sweep:
                 + (
                     " In version 2 the back also shows in the condition image (it is painted"
                     " by half-space, not by what the condition camera sees), so unseen-side"
-                    " figures partly measure the input; version 3 hides it."
+                    " figures partly measure the input, and a model that reads it leaks (see"
+                    " Unseen side); version 3 hides it."
                     if self.world.version == 2
                     else ""
                 )
@@ -377,6 +378,9 @@ class Sweep:
                 " diffusion, recon and render once)",
             },
             "seen_views": self.axis.seen_views,
+            "back_views": (
+                self.axis.back_shown.double().mean(0).tolist() if self.axis.has_backs else []
+            ),
             "hashes": self.hashes,
             "verdict_metrics": usable,
             "unusable_metrics": unusable,

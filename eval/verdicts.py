@@ -48,7 +48,7 @@ def usable_metrics(
         if m == "unseen_dist" and not has_backs:
             missing[m] = (
                 f"world version {world_version} has no discrete back classes (the"
-                " models were trained on it); unseen_dist needs world version 2"
+                " models were trained on it); unseen_dist needs world version 2 or 3"
             )
         elif m not in ver:
             unusable.append(f"{m} (no calibration at {path})")

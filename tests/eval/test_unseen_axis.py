@@ -210,3 +210,33 @@ def test_fit_pvalue_known_answers():
 def test_masked_read_refuses_a_mask_of_another_shape():
     with pytest.raises(ValueError, match="does not fit views"):
         read_backs(torch.zeros(2, 3, 8, 8), torch.ones(2, 4, 4, dtype=torch.bool))
+
+
+def test_report_names_outcome_counts_and_the_cells_that_leak():
+    from eval.report import unseen_lines
+
+    def row(model, leaks):
+        return {
+            "model": model,
+            "method": "teacher" if model == "teacher" else "dmd2",
+            "sampler": "euler",
+            "steps": 1,
+            "unseen_objects": 10,
+            "unseen_read": 7,
+            "unseen_unreadable": 2,
+            "unseen_disagree": 1,
+            "unseen_dist": 0.3,
+            "unseen_dist_ci95": 0.1,
+            "unseen_fit_p": 0.002,
+            "unseen_leak": 0.5 if leaks else 0.0,
+            "unseen_leak_ci95": 0.1,
+            "unseen_leaks": leaks,
+        }
+
+    rows = [row("teacher", True), row("student", False)]
+    text = "\n".join(unseen_lines(rows, {"world_version": 2, "back_views": [0, 0.8, 1, 0.8]}))
+    assert "| teacher | euler | 1 | 10 | 7 | 2 | 1 | 0.300 ± 0.100 | 0.002 |" in text
+    assert "the back leaks in teacher@1 " in text and "student@1" not in text.split("leaks in")[1]
+    text3 = "\n".join(unseen_lines([row("student", False)], {"world_version": 3}))
+    assert "leak" in text3 and "leaks in" not in text3
+    assert unseen_lines([{"model": "x"}], {"world_version": 1}) == []
