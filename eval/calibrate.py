@@ -56,6 +56,7 @@ CLAIMS = {
     "sharpness": {"noise": "up", "blur": "down"},
     "unseen_dist": {"averaging": "up", "collapse": "up"},
     "averaged_rate": {"averaging": "up"},
+    "unseen_disagree_rate": {"inconsistency": "up"},  # view 1 from another object: its back
     "sharpness_log_error": {"noise": "up", "blur": "up"},
     "hf_correlation": {"noise": "down", "blur": "down"},
     "consistency_psnr": {"inconsistency": "down", "noise": "down"},
