@@ -88,6 +88,9 @@ def _add_teacher(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed of the first object")
     p.add_argument("--count", type=int, default=4, help="test objects to sample")
     p.add_argument("--out", default="grid.png", help="output PNG")
+    p.add_argument(
+        "--views-out", default="", help="also the first object's views as the reconstructor's grid"
+    )
     p = tsub.add_parser(
         "eval", help="the quality axis vs step count (val to choose, test to report)"
     )
@@ -306,6 +309,7 @@ def _teacher(args: argparse.Namespace) -> None:
             args.count,
             args.guidance,
             args.data_root,
+            args.views_out,
         )
     else:
         teacher_cmd.eval_teacher(

@@ -155,8 +155,11 @@ def sample_teacher(
     count: int,
     guidance: float,
     data_root: str,
+    views_out: str = "",
 ) -> Path:
-    """Grid of generated views next to the truth for the first ``count`` test objects."""
+    """Grid of generated views next to the truth for the first ``count`` test objects; with
+    ``views_out``, also the first object's generated views alone as the rows x cols grid PNG the
+    reconstructor reads (`distill recon run --views`)."""
     from eval.views import generated_sheet, test_objects
     from students.sampling import sample_views
     from teachers.io import load_teacher
@@ -166,9 +169,26 @@ def sample_teacher(
     views, nfe = sample_views(
         model, cond, steps, [seed + i for i in range(count)], sampler, guidance
     )
+    if views_out:
+        write_views_grid(views[0], model.info.grid[0], views_out)
     return generated_sheet(
         cond, gt, views, "generated", out, f"{sampler}, {steps} steps, NFE {nfe}, cfg {guidance}"
     )
+
+
+def write_views_grid(views, rows: int, path: str) -> Path:
+    """One object's views [V, 3, H, W] in [-1, 1] as a rows x cols grid PNG (row-major)."""
+    import numpy as np
+    from PIL import Image
+
+    from recon.tiling import tile_views
+
+    grid = tile_views(views[None].float(), rows, views.shape[0] // rows)[0]
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(path)
+    print(f"wrote {path} ({rows}x{views.shape[0] // rows} grid of the first object's views)")
+    return Path(path)
 
 
 def eval_teacher(
