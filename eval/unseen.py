@@ -199,8 +199,11 @@ def _tv(q: Tensor, p: Tensor) -> Tensor:
 
 def unseen_distance(read: Tensor, probs: Tensor | None = None) -> float:
     """Total-variation distance between the outcomes (unreadable and disagree are their own,
-    which the truth never has) and the true back-class distribution: 0 = same, 1 = disjoint."""
+    which the truth never has) and the true back-class distribution: 0 = same, 1 = disjoint;
+    NaN without objects (no figure, not the 0.5 that empty shares would give)."""
     p = back_class_probs() if probs is None else probs.double()
+    if read.numel() == 0:
+        return float("nan")
     return float(_tv(outcome_shares(read, p.numel()), p))
 
 

@@ -207,6 +207,12 @@ def test_fit_pvalue_known_answers():
         unseen_distance(torch.tensor([0, 7]))
 
 
+def test_no_object_to_read_gives_no_distance():
+    """A set where no true view shows a legible back has no unseen-side figure: NaN, not the
+    0.5 that the empty outcome shares would give against the class distribution."""
+    assert math.isnan(unseen_distance(torch.zeros(0, dtype=torch.long)))
+
+
 def test_masked_read_refuses_a_mask_of_another_shape():
     with pytest.raises(ValueError, match="does not fit views"):
         read_backs(torch.zeros(2, 3, 8, 8), torch.ones(2, 4, 4, dtype=torch.bool))
