@@ -63,6 +63,7 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
     ("distill teacher train", Skip(LONG)),
     ("distill teacher sample", Run({"--steps": "2", "--count": "1"})),
     ("distill teacher eval", Run({"--steps": "1", "--count": "2"})),
+    ("python scripts/teacher_diagnosis.py", Skip(LONG)),
     ("distill teacher inspect teachers/", Skip(EXTERNAL)),
     ("distill train --method consistency --teacher teachers/", Skip(EXTERNAL)),
     ("distill train --method progressive --teacher teachers/", Skip(EXTERNAL)),
@@ -91,6 +92,15 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
     ("./scripts/make_students.sh", Skip(LONG)),
     ("distill metrics calibrate", Skip("17 min here; its tiny run is tests/eval/test_margins.py")),
     ("distill sweep", Run({"--steps": "1"}, SWEEP_TINY)),
+    (
+        "ACCELERATE_USE_CPU=1 accelerate launch",
+        Skip("two processes; its test is tests/eval/test_sweep_processes.py"),
+    ),
+    ("distill bench scale", Skip("an hour; its smoke is tests/distill/test_bench_scale.py")),
+    (
+        "distill bench compile",
+        Skip("compiles for minutes; its test is tests/serve/test_compile.py"),
+    ),
     ("distill serve", Skip(SERVER)),
     ("curl", Skip("talks to the server above")),
     (
