@@ -7,6 +7,7 @@ point), and derive each verdict metric's equivalence margin there (eval/margins.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from eval.degrade import degradations
 from eval.margins import derive_margins, margins_md, write_margins
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
+from samplers.protocol import tensors_key
 from scenes.world import WorldConfig
 
 
@@ -72,15 +74,44 @@ def _detects(diff: float, half: float, direction: str) -> bool:
     return excludes_zero(diff, half) and (diff > 0) == (direction == "up")
 
 
-def _run_cases(axis: QualityAxis, base: Tensor, cases, desc: str) -> tuple[list[dict], dict]:
+def _cached(cache: Path | None, name: str, compute):
+    """``compute()``, kept under ``cache/name.pt`` (written atomically) so that a killed
+    calibration resumes from its last finished case; ``cache`` None: no cache."""
+    if cache is None:
+        return compute()
+    path = cache / f"{name}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    value = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(value, tmp)
+    tmp.replace(path)
+    return value
+
+
+def cache_dir(cfg: CalibrateConfig, pass_name: str, *keys: str) -> Path:
+    """The resume folder of one pass: keyed by the whole config, the axis version and the
+    weights of every model involved, so a changed setting or model never reuses a case."""
+    from eval.cells import AXIS_VERSION
+
+    blob = json.dumps([asdict(cfg), AXIS_VERSION, pass_name, *keys], sort_keys=True, default=str)
+    return (
+        Path(cfg.out) / ".cache" / f"{pass_name}_{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    )
+
+
+def _run_cases(
+    axis: QualityAxis, base: Tensor, cases, desc: str, cache: Path | None = None
+) -> tuple[list[dict], dict]:
     """The clean row of ``base`` and one row per degradation: each metric, its paired difference
     to ``base`` and (from the second level on) to the previous level of the same kind; and
-    ``base``'s per-object figures."""
-    clean = axis.evaluate(base)
+    ``base``'s per-object figures. Each case's per-object figures are cached in ``cache``."""
+    clean = _cached(cache, "clean", lambda: axis.evaluate(base))
     rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
     prev = {}
-    for kind, level, views in tqdm(cases, desc=desc, unit="case"):
-        m = axis.evaluate(views)
+    for i, (kind, level, views) in enumerate(tqdm(cases, desc=desc, unit="case")):
+        m = _cached(cache, f"{i:02d}_{kind}_{level}", lambda v=views: axis.evaluate(v))
         row = {"kind": kind, "level": level, **axis.summary(m), **axis.paired(m, clean)}
         if kind in prev:  # this level against the previous one: can the metric tell them apart?
             step = axis.paired(m, prev[kind])
@@ -112,7 +143,9 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     encoder = FeatureEncoder.from_pretrained(cfg.encoder)
     axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
     cases = list(degradations(cfg, truth.targets, truth, seeds, ds.world, axis.object_mask))
-    rows, clean = _run_cases(axis, truth.targets, cases, "degradations of the truth")
+    keys = (recon.weights_key(), tensors_key(encoder.state_dict()), "test")
+    cache = cache_dir(cfg, "truth", *keys)
+    rows, clean = _run_cases(axis, truth.targets, cases, "degradations of the truth", cache)
     shown = axis.back_objects  # objects whose true views show a legible back
     reader_acc = float((clean["back_read"] == truth.back_class)[shown].double().mean())
     verdicts = _verdicts(rows)
@@ -199,11 +232,19 @@ def calibrate_reference(cfg: CalibrateConfig, recon, encoder, world: WorldConfig
     ds = open_world_split(cfg.data_root, cfg.reference_split, n, world, "its test split")
     b = ds.batch(list(range(n)))
     truth = Truth.from_batch(b, ds.rig, ds.world.version)
-    label, base = reference_outputs(cfg, recon, b)
+    from teachers.io import load_teacher
+
+    keys = (
+        recon.weights_key(),
+        tensors_key(encoder.state_dict()),
+        load_teacher(cfg.teacher).weights_key(),
+    )
+    cache = cache_dir(cfg, "reference", *keys)
+    label, base = _cached(cache, "outputs", lambda: reference_outputs(cfg, recon, b))
     axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
     seeds = [int(s) for s in b["seeds"]]
     cases = list(degradations(cfg, base, truth, seeds, ds.world, axis.object_mask))
-    rows, _ = _run_cases(axis, base, cases, f"degradations of {label}")
+    rows, _ = _run_cases(axis, base, cases, f"degradations of {label}", cache)
     levels = {k: getattr(cfg, k) for k in ("noise", "blur", "colour", "failure_shares")}
     return {
         "meta": {

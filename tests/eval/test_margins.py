@@ -5,6 +5,7 @@ the verdicts /v1/students shows."""
 import hashlib
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -129,7 +130,7 @@ def test_failures_on_a_share_of_objects_and_the_truth_special_case(tiny_world):
 
 
 def test_calibrate_derives_margins_on_the_reference_outputs(tmp_path, tiny_teacher_dir):
-    from eval.calibrate import CalibrateConfig, calibrate, parse_reference
+    from eval.calibrate import CalibrateConfig, cache_dir, calibrate, parse_reference
     from eval.encoder import FeatureEncoder
     from scenes.data import make_split
     from scenes.world import WorldConfig
@@ -170,6 +171,22 @@ def test_calibrate_derives_margins_on_the_reference_outputs(tmp_path, tiny_teach
     assert doc["operating_point"]["seen_psnr"] < 100  # the model's outputs, not the truth
     md = (tmp_path / "cal" / "margins.md").read_text()
     assert md.startswith("# Equivalence margins") and "teacher@2 (euler)" in md
+    # a killed calibration resumes: every case of both passes (and the reference's outputs)
+    # comes back from its cache, nothing is evaluated again, and the figures are the same
+    from eval.quality import QualityAxis
+
+    cached = list((tmp_path / "cal" / ".cache").glob("*/*.pt"))
+    assert len(cached) == 2 * 10 + 1
+    evaluate = QualityAxis.evaluate
+    QualityAxis.evaluate = lambda *a, **k: pytest.fail("a cached case was evaluated again")
+    try:
+        again = calibrate(cfg)
+    finally:
+        QualityAxis.evaluate = evaluate
+    assert again["rows"] == res["rows"]
+    # another setting, or another model, is another cache: nothing of the first is reused
+    assert cache_dir(replace(cfg, noise=(0.05,)), "truth", "r") != cache_dir(cfg, "truth", "r")
+    assert cache_dir(cfg, "truth", "r") != cache_dir(cfg, "truth", "other recon")
     with pytest.raises(ValueError, match="reference must be MODEL@STEPS"):
         parse_reference("teacher50")
 
