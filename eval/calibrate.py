@@ -95,7 +95,8 @@ def cache_dir(cfg: CalibrateConfig, pass_name: str, *keys: str) -> Path:
     weights of every model involved, so a changed setting or model never reuses a case."""
     from eval.cells import AXIS_VERSION
 
-    blob = json.dumps([asdict(cfg), AXIS_VERSION, pass_name, *keys], sort_keys=True, default=str)
+    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}  # where it writes: not a key
+    blob = json.dumps([settings, AXIS_VERSION, pass_name, *keys], sort_keys=True, default=str)
     return (
         Path(cfg.out) / ".cache" / f"{pass_name}_{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
     )
