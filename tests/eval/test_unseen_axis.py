@@ -21,6 +21,8 @@ from eval.unseen import (
     outcome_counts,
     read_backs,
     read_objects,
+    read_views,
+    shows_back,
     unseen_distance,
 )
 from scenes.objects import object_variants
@@ -82,8 +84,13 @@ def test_true_views_read_their_back_in_every_view_that_shows_it(world):
     keep = shown.any(1)
     read = read_objects(s["targets"], world["masks"], shown)[keep]
     assert keep.float().mean() >= 0.85
-    assert (read >= 0).float().mean() >= 0.98  # read rate, agreement included
-    assert (read == s["back_class"][keep]).float().mean() >= 0.98
+    # by construction (a view counts when the true view reads its own class) the truth reads
+    assert (read >= 0).all() and (read == s["back_class"][keep]).all()
+    # what can fail: the reader on the back view wherever the pixel floor alone holds, before
+    # any legibility filter (measured 99.6% on world 2 and 92% on world 3, eval/unseen.py)
+    floor = shows_back(world["masks"])[:, 2]
+    per_view = read_views(s["targets"], world["masks"])[:, 2][floor]
+    assert (per_view == s["back_class"][floor]).float().mean() >= 0.88
 
 
 def test_garbage_scores_clearly_worse_than_the_truth_and_fooled_the_old_rule(world):
