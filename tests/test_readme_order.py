@@ -90,7 +90,10 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
     ("distill sample", Run({"--count": "1"})),
     ("distill compare", Run({"--steps": "1", "--count": "2"})),
     ("./scripts/make_students.sh", Skip(LONG)),
-    ("distill metrics calibrate", Skip("over an hour here; its tiny run is tests/eval/test_margins.py")),
+    (
+        "distill metrics calibrate",
+        Skip("over an hour here; its tiny run is tests/eval/test_margins.py"),
+    ),
     ("distill sweep", Run({"--steps": "1"}, SWEEP_TINY)),
     (
         "ACCELERATE_USE_CPU=1 accelerate launch",
