@@ -82,11 +82,11 @@ def _cached(cache: Path | None, name: str, compute):
     path = cache / f"{name}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
+    from eval.cells import write_atomic
+
     value = compute()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(value, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda p: torch.save(value, p))
     return value
 
 

@@ -68,6 +68,14 @@ def cell_key(hashes: dict, model, sampler: str, steps: int, guidance: float, bat
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` and then the temporary file renamed over ``path``: a run killed while
+    writing never leaves half a file where a reader would take it for finished."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
 class CellCache:
     """Finished cells as ``<name>__<sampler>__<steps>__<key>`` .json (row) and .pt (per-object
     figures and views), each written atomically."""
@@ -96,9 +104,7 @@ class CellCache:
             (pt, lambda p: torch.save({"per": per, "views": views.half()}, p)),
             (js, lambda p: p.write_text(json.dumps(row, indent=2))),
         ):
-            tmp = path.with_name(path.name + ".tmp")
-            write(tmp)
-            tmp.replace(path)
+            write_atomic(path, write)
 
 
 def train_seconds(model) -> float:

@@ -29,11 +29,14 @@ def _cov_sqrt_trace(ca: Tensor, cb: Tensor) -> Tensor:
     return ev.clamp_min(0).sqrt().sum()
 
 
+def _frechet(mu_a: Tensor, ca: Tensor, mu_b: Tensor, cb: Tensor) -> float:
+    """Fréchet distance between the Gaussians (mu_a, ca) and (mu_b, cb)."""
+    return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * _cov_sqrt_trace(ca, cb))
+
+
 def frechet(a: Tensor, b: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets [N, F] and [M, F]."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * _cov_sqrt_trace(ca, cb))
+    return _frechet(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
 
 
 def kid(a: Tensor, b: Tensor) -> float:
@@ -73,9 +76,7 @@ class _Moments:
 
 def _frechet_subset(real: _Moments, fake: _Moments, idx: Tensor) -> float:
     """``frechet`` on the views of the objects ``idx``."""
-    mu_a, ca = real.mean_cov(idx)
-    mu_b, cb = fake.mean_cov(idx)
-    return float(((mu_a - mu_b) ** 2).sum() + ca.trace() + cb.trace() - 2 * _cov_sqrt_trace(ca, cb))
+    return _frechet(*real.mean_cov(idx), *fake.mean_cov(idx))
 
 
 class _KernelBlocks:
