@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from eval.degrade import degradations
-from eval.margins import derive_margins, margins_md, write_margins
+from eval.margins import derive_margins, margins_md, run_time, write_margins
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
 from samplers.protocol import tensors_key
@@ -102,24 +102,33 @@ def cache_dir(cfg: CalibrateConfig, pass_name: str, *keys: str) -> Path:
     )
 
 
+def _resumed(cache: Path | None, names: list[str]) -> int:
+    """How many of these cases an earlier (killed) run left in ``cache``: a resumed run's wall
+    time covers only the rest, and its report says so."""
+    return 0 if cache is None else sum((cache / f"{n}.pt").exists() for n in names)
+
+
 def _run_cases(
     axis: QualityAxis, base: Tensor, cases, desc: str, cache: Path | None = None
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict], dict, int]:
     """The clean row of ``base`` and one row per degradation: each metric, its paired difference
-    to ``base`` and (from the second level on) to the previous level of the same kind; and
-    ``base``'s per-object figures. Each case's per-object figures are cached in ``cache``."""
+    to ``base`` and (from the second level on) to the previous level of the same kind;
+    ``base``'s per-object figures; and how many cases came from ``cache`` (where each case's
+    per-object figures are kept)."""
+    names = ["clean"] + [f"{i:02d}_{kind}_{level}" for i, (kind, level, _) in enumerate(cases)]
+    resumed = _resumed(cache, names)
     clean = _cached(cache, "clean", lambda: axis.evaluate(base))
     rows = [{"kind": "clean", "level": 0.0, **axis.summary(clean)}]
     prev = {}
     for i, (kind, level, views) in enumerate(tqdm(cases, desc=desc, unit="case")):
-        m = _cached(cache, f"{i:02d}_{kind}_{level}", lambda v=views: axis.evaluate(v))
+        m = _cached(cache, names[i + 1], lambda v=views: axis.evaluate(v))
         row = {"kind": kind, "level": level, **axis.summary(m), **axis.paired(m, clean)}
         if kind in prev:  # this level against the previous one: can the metric tell them apart?
             step = axis.paired(m, prev[kind])
             row.update({f"step_{k}": v for k, v in step.items()})
         prev[kind] = m
         rows.append(row)
-    return rows, clean
+    return rows, clean, resumed
 
 
 def calibrate(cfg: CalibrateConfig) -> dict:
@@ -146,7 +155,9 @@ def calibrate(cfg: CalibrateConfig) -> dict:
     cases = list(degradations(cfg, truth.targets, truth, seeds, ds.world, axis.object_mask))
     keys = (recon.weights_key(), tensors_key(encoder.state_dict()), "test")
     cache = cache_dir(cfg, "truth", *keys)
-    rows, clean = _run_cases(axis, truth.targets, cases, "degradations of the truth", cache)
+    rows, clean, resumed = _run_cases(
+        axis, truth.targets, cases, "degradations of the truth", cache
+    )
     shown = axis.back_objects  # objects whose true views show a legible back
     reader_acc = float((clean["back_read"] == truth.back_class)[shown].double().mean())
     verdicts = _verdicts(rows)
@@ -157,6 +168,8 @@ def calibrate(cfg: CalibrateConfig) -> dict:
             "split": f"test objects 0..{cfg.objects - 1} of world version {ds.world.version}",
             "objects": cfg.objects,
             "seconds": time.perf_counter() - t0,
+            "cases": len(cases) + 1,
+            "resumed_cases": resumed,  # read back from an earlier run's cache: not in `seconds`
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "reader_accuracy": reader_acc,
             "reader_unreadable": float((clean["back_read"] < 0)[shown].double().mean()),
@@ -245,7 +258,7 @@ def calibrate_reference(cfg: CalibrateConfig, recon, encoder, world: WorldConfig
     axis = QualityAxis(truth, recon, encoder, batch=cfg.batch, set_resamples=cfg.set_resamples)
     seeds = [int(s) for s in b["seeds"]]
     cases = list(degradations(cfg, base, truth, seeds, ds.world, axis.object_mask))
-    rows, _ = _run_cases(axis, base, cases, f"degradations of {label}", cache)
+    rows, _, resumed = _run_cases(axis, base, cases, f"degradations of {label}", cache)
     levels = {k: getattr(cfg, k) for k in ("noise", "blur", "colour", "failure_shares")}
     return {
         "meta": {
@@ -256,6 +269,8 @@ def calibrate_reference(cfg: CalibrateConfig, recon, encoder, world: WorldConfig
             "levels": levels,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "seconds": time.perf_counter() - t0,
+            "cases": len(cases) + 1,
+            "resumed_cases": resumed,
         },
         "operating_point": {k: v for k, v in rows[0].items() if isinstance(v, float)},
         "margins": derive_margins(rows, CLAIMS),
@@ -315,7 +330,7 @@ def calibration_md(result: dict) -> str:
         "# Calibration of the quality axis",
         "",
         f"Made by `distill metrics calibrate` on {meta['split']} ({meta['objects']} objects, the"
-        f" sweep's count), {meta['created']}, {meta['seconds'] / 60:.1f} min. Each degradation is"
+        f" sweep's count), {meta['created']}, {run_time(meta)}. Each degradation is"
         " applied to the true target views; `diff` is the paired difference to the clean views"
         " on the same objects with its 95% bootstrap half-width. A level is *detected* when that"
         " interval excludes zero in the direction the metric claims.",

@@ -117,6 +117,19 @@ def _fmt(x) -> str:
     return "-" if x is None or x != x else f"{x:.4g}"
 
 
+def run_time(meta: dict) -> str:
+    """The run's wall time, saying when part of the work was read back from the cache."""
+    if "seconds" not in meta:
+        return "time not recorded"
+    t = f"{meta['seconds'] / 60:.1f} min"
+    if meta.get("resumed_cases"):
+        t += (
+            f" in the run that finished ({meta['resumed_cases']} of {meta['cases']} cases read"
+            " back from the cache of an earlier, stopped run)"
+        )
+    return t
+
+
 def margins_md(doc: dict) -> str:
     """margins.md: the reference, the rule, and per metric how its margin was derived."""
     meta = doc["meta"]
@@ -124,11 +137,11 @@ def margins_md(doc: dict) -> str:
         "# Equivalence margins",
         "",
         f"Made by `distill metrics calibrate` from {meta['reference']} on {meta['split']}"
-        f" ({meta['objects']} objects), {meta['created']}. Each degradation of the calibration"
-        " (`calibration.md`) is applied to the reference's own outputs at the calibration's"
-        " levels; the effect is the paired difference to its undegraded outputs on the same"
-        " objects, with its 95% half-width. The sweep reads `margins.json` before it runs and"
-        " names its key in the report.",
+        f" ({meta['objects']} objects), {meta['created']}, {run_time(meta)}. Each degradation"
+        " of the calibration (`calibration.md`) is applied to the reference's own outputs at"
+        " the calibration's levels; the effect is the paired difference to its undegraded"
+        " outputs on the same objects, with its 95% half-width. The sweep reads"
+        " `margins.json` before it runs and names its key in the report.",
         "",
         f"Rule: {MARGIN_RULE}",
         "",

@@ -405,3 +405,12 @@ def test_students_endpoint_shows_the_sweeps_verdicts_in_three_words():
         "verdicts": [],
         "verdict_basis": {"margins": None, "note": "no margins: intervals only, no verdicts"},
     }
+
+
+def test_a_resumed_run_says_its_time_covers_only_the_rest():
+    from eval.margins import run_time
+
+    assert run_time({"seconds": 120.0}) == "2.0 min"
+    t = run_time({"seconds": 120.0, "cases": 19, "resumed_cases": 12})
+    assert t.startswith("2.0 min in the run that finished") and "12 of 19 cases" in t
+    assert run_time({}) == "time not recorded"
