@@ -118,7 +118,7 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
     proc = start_server(args, port, max_batch)
     base = f"http://127.0.0.1:{port}"
     stop = threading.Event()
-    lat, failures, mismatches, swaps = [], [], [], [0]
+    failures, mismatches, swaps = [], [], [0]
     spans, windows = [], []  # (start, end, ms) per answered request; (start, end) per swap
     lock = threading.Lock()
     # every student is loaded once before timing, so swaps later are pointer flips
@@ -144,7 +144,6 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
                         for n, v in enumerate(body["views_png"])
                     )
                     with lock:
-                        lat.append(ms)
                         spans.append((t0, time.perf_counter(), ms))
                         if not ok:
                             mismatches.append(f"{body['student']} seed {seeds[j]}")
@@ -173,7 +172,7 @@ def phase(args, students, refs, images, seeds, max_batch: int, swap: bool) -> di
     metrics = httpx.get(f"{base}/metrics").text
     proc.terminate()
     proc.wait(timeout=30)
-    lat.sort()
+    lat = sorted(ms for _, _, ms in spans)
     during, steady = split_by_swaps(spans, windows, args.swap_guard_ms / 1000)
     return {
         "max_batch": max_batch,
