@@ -221,7 +221,8 @@ def basis_lines(meta: dict) -> list[str]:
         "Verdicts: each comparison is *equivalent* (two one-sided tests at 5%: the difference"
         " lies within ± the metric's margin), *different* (its 95% interval excludes zero and"
         " the estimate lies beyond the margin) or *inconclusive* (with the number of objects"
-        " that would decide it at the measured variance); Holm's correction within each family"
+        " that would decide it at the measured variance and the level the test faces within its"
+        " family); Holm's correction within each family"
         f" (the comparisons to {ref}; the best-student comparisons). Margins from"
         f" `{mg['path']}` (key `{mg['key']}`; derived on {mg['reference']}'s outputs, fixed"
         f" before this sweep): {values}."
@@ -325,9 +326,15 @@ def report(rows: list[dict], meta: dict) -> str:
 
 
 def rewrite_report(folder: str) -> None:
-    """Rewrite ``report.md`` from ``results.json`` (no cell is recomputed)."""
+    """Rewrite ``report.md`` from ``results.json`` (no cell is recomputed); the verdicts are
+    decided again from the stored intervals and margins, and ``results.json`` keeps them."""
     import json
     from pathlib import Path
 
-    res = json.loads((Path(folder) / "results.json").read_text())
+    from eval.verdicts import redecide
+
+    path = Path(folder) / "results.json"
+    res = json.loads(path.read_text())
+    redecide(res["meta"])
+    path.write_text(json.dumps(res, indent=2))
     (Path(folder) / "report.md").write_text(report(res["rows"], res["meta"]))

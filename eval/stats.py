@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 from torch import Tensor
@@ -135,47 +136,66 @@ def verdict(diff: float, half: float, margin: float, objects: int) -> Verdict:
     se = half / 1.959963984540054
     p_eq = max(_normal_sf((diff + margin) / se), _normal_sf((margin - diff) / se))
     p_diff = min(1.0, 2 * _normal_sf(abs(diff) / se))
-    return _decide(Verdict(INCONCLUSIVE, diff, half, margin, p_eq, p_diff), objects, ALPHA)
+    v = Verdict(INCONCLUSIVE, diff, half, margin, p_eq, p_diff)
+    return _decide_at(v, objects, (ALPHA, ALPHA), (ALPHA, ALPHA))
 
 
-def _decide(v: Verdict, objects: int, alpha_eq: float, alpha_diff: float | None = None) -> Verdict:
-    """Fill in the verdict from the p-values at the given levels."""
-    alpha_diff = alpha_eq if alpha_diff is None else alpha_diff
-    if v.p_equivalent <= alpha_eq:
+def _decide_at(v: Verdict, objects: int, gates: tuple, levels: tuple) -> Verdict:
+    """Fill in the verdict from the p-values: each test passes when its p is at most its gate
+    (the level itself, or 1 / 0 where Holm has already decided it); ``levels`` are the tests' own
+    levels, for the count of objects that would decide an inconclusive comparison."""
+    (gate_eq, gate_diff), (level_eq, level_diff) = gates, levels
+    if v.p_equivalent <= gate_eq:
         v.verdict = EQUIVALENT
-    elif v.p_different <= alpha_diff and abs(v.diff) > v.margin:
+    elif v.p_different <= gate_diff and abs(v.diff) > v.margin:
         v.verdict = DIFFERENT
     else:
         v.verdict = INCONCLUSIVE
-    v.objects_to_decide = None if v.verdict != INCONCLUSIVE else objects_to_decide(v, objects)
+    v.objects_to_decide = (
+        None if v.verdict != INCONCLUSIVE else objects_to_decide(v, objects, level_eq, level_diff)
+    )
     return v
 
 
-def objects_to_decide(v: Verdict, objects: int) -> int:
-    """Objects at which the interval, shrinking as 1/sqrt(objects) at the measured variance,
-    would decide: inside the margin (|d| < margin) or clear of zero beyond it."""
-    gap = v.margin - abs(v.diff) if abs(v.diff) < v.margin else abs(v.diff)
+def objects_to_decide(
+    v: Verdict, objects: int, level_eq: float = ALPHA, level_diff: float = ALPHA
+) -> int:
+    """Objects at which the standard error, shrinking as 1/sqrt(objects) at the measured
+    variance, would decide the comparison at the levels it faces (its Holm levels within a
+    family): two one-sided tests at ``level_eq`` inside the margin (|d| < margin), the two-sided
+    test at ``level_diff`` beyond it. At least ``objects`` + 1: the comparison is inconclusive
+    at ``objects`` (Holm's step-down can stop a test that its own level alone would pass)."""
+    if abs(v.diff) < v.margin:
+        gap, z = v.margin - abs(v.diff), NormalDist().inv_cdf(1 - level_eq)
+    else:
+        gap, z = abs(v.diff), NormalDist().inv_cdf(1 - level_diff / 2)
     if gap <= 0 or v.half != v.half:
         return -1  # on the margin itself: no number of objects decides it
-    return int(math.ceil(objects * (v.half / gap) ** 2))
+    se = v.half / 1.959963984540054
+    return max(objects + 1, int(math.ceil(objects * (z * se / gap) ** 2)))
 
 
 def holm(verdicts: list[Verdict], objects: list[int], alpha: float = ALPHA) -> list[Verdict]:
     """Holm's step-down correction within one family of verdicts, for each of its two tests
     (equivalence and difference); returns the verdicts decided at the corrected levels."""
     k = len(verdicts)
-    levels = {}
+    levels, own = {}, {}
     for test in ("p_equivalent", "p_different"):
         order = sorted(range(k), key=lambda i: getattr(verdicts[i], test))
-        passed, lv = True, [0.0] * k
+        passed, lv, ol = True, [0.0] * k, [alpha] * k
         for rank, i in enumerate(order):
             level = alpha / (k - rank)
+            ol[i] = level
             passed = passed and getattr(verdicts[i], test) <= level
             lv[i] = 1.0 if passed else 0.0  # 1: rejects at its Holm level
-        levels[test] = lv
+        levels[test], own[test] = lv, ol
     out = []
     for i, v in enumerate(verdicts):
         w = Verdict(v.verdict, v.diff, v.half, v.margin, v.p_equivalent, v.p_different)
-        # a test that passed Holm is decided at level 1 (any p), one that did not at level 0
-        out.append(_decide(w, objects[i], levels["p_equivalent"][i], levels["p_different"][i]))
+        # a test that passed Holm is decided at level 1 (any p), one that did not at level 0;
+        # its own Holm level says how many objects would decide it
+        gates = (levels["p_equivalent"][i], levels["p_different"][i])
+        out.append(
+            _decide_at(w, objects[i], gates, (own["p_equivalent"][i], own["p_different"][i]))
+        )
     return out

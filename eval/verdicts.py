@@ -195,3 +195,16 @@ def verdicts(
         lines += [_line(cand, steps, m, paired, margins) for m in metrics]
     decide_family([c for ln in lines for c in ln["others"]], objects)
     return [_finish(ln) for ln in lines]
+
+
+def redecide(meta: dict) -> dict:
+    """Decide the sweep's stored comparisons again from their stored differences, intervals and
+    margins (what a change to the verdict rule needs; no cell or interval is recomputed).
+    Returns ``meta``, updated in place."""
+    n = meta["objects"]
+    if "reference_verdicts" in meta:
+        decide_family(meta["reference_verdicts"], n)
+    if meta.get("verdicts"):
+        decide_family([c for ln in meta["verdicts"] for c in ln["others"]], n)
+        meta["verdicts"] = [_finish(ln) for ln in meta["verdicts"]]
+    return meta

@@ -48,7 +48,15 @@ def test_three_way_verdicts():
     # beyond the margin but its interval touches zero: not different
     assert verdict(0.6, 0.7, 0.5, 100).verdict == INCONCLUSIVE
     wide = verdict(0.0, 1.0, 0.5, 100)
-    assert wide.verdict == INCONCLUSIVE and wide.objects_to_decide == 400  # (1 / 0.5)^2 x 100
+    # TOST at 5%: the one-sided z (1.645) times SE (1 / 1.96) must fit in the 0.5 margin
+    assert wide.verdict == INCONCLUSIVE
+    assert wide.objects_to_decide == math.ceil(
+        100 * (1.6448536269514722 / 1.959963984540054 / 0.5) ** 2
+    )
+    assert wide.objects_to_decide == 282
+    # beyond the margin: the two-sided z (1.96) times SE must fit under the difference
+    far = verdict(0.8, 1.0, 0.5, 100)
+    assert far.verdict == INCONCLUSIVE and far.objects_to_decide == math.ceil(100 / 0.8**2)
     assert verdict(0.0, float("nan"), 0.5, 100).verdict == INCONCLUSIVE
     with pytest.raises(ValueError, match="a margin must be > 0"):
         verdict(0.0, 0.1, 0.0, 100)
@@ -75,3 +83,8 @@ def test_holm_keeps_only_what_survives_the_family():
     two_weak = holm([weak, weak], [100, 100])
     assert [v.verdict for v in two_weak] == [INCONCLUSIVE, INCONCLUSIVE]  # 0.04 > 0.025 stops
     assert two_weak[0].objects_to_decide > 100
+    # the count is at the level each test faces in the family: 0.025 for the smaller p, where
+    # the unadjusted level (p = 0.04 <= 0.05) would claim the 100 objects already decide it
+    z = 1.959963984540054  # one-sided at 0.025
+    need = math.ceil(100 * (z * (0.2 / 1.959963984540054) / (0.5 - d)) ** 2)
+    assert sorted(v.objects_to_decide for v in two_weak) == [101, need]
