@@ -8,9 +8,12 @@ network is untrained, of the shipped architecture (shipped/teacher/teacher.json,
 shipped/recon/recon.json) with only its image size changed.
 
 Each (stage, size, batch) runs in its own subprocess, so its peak memory is its own: on the CPU
-the growth of the process's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
-from just before the first call (networks and inputs built) to the end of the timed calls
-(tracemalloc does not see torch's allocations); on CUDA ``torch.cuda.max_memory_allocated``.
+the process's peak resident set over the calls (``VmHWM``, reset through
+``/proc/self/clear_refs`` once the networks and inputs are built) less its resident set at that
+moment, i.e. what the calls themselves hold at their peak (tracemalloc does not see torch's
+allocations; where ``/proc`` cannot be reset, the growth of ``ru_maxrss``, which stays 0 when
+building the networks peaked higher than the calls); on CUDA ``torch.cuda.max_memory_allocated``.
+Rows are appended to ``<out>.partial.jsonl`` as they are measured, so a killed run resumes.
 Time: median of ``repeats`` calls after one warm-up call. Per stage and batch, the exponent k of
 time ~ pixels^k is the least-squares slope on log-log over the sizes.
 """
@@ -94,6 +97,26 @@ def stage_call(stage: str, size: int, batch: int, device: torch.device):
     return pipeline
 
 
+def _status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to its current one (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _status_kb("VmHWM") is not None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -108,6 +131,8 @@ def measure_one(stage: str, size: int, batch: int, repeats: int, device: str) ->
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = dev.type == "cpu" and reset_peak_rss()
+    rss_kb = _status_kb("VmRSS") if hwm else None
     times = []
     with torch.inference_mode():
         for i in range(repeats + 1):  # the first call warms up
@@ -118,6 +143,7 @@ def measure_one(stage: str, size: int, batch: int, repeats: int, device: str) ->
             if i:
                 times.append(time.perf_counter() - t0)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm_kb = _status_kb("VmHWM") if hwm else None
     row = {
         "stage": stage,
         "size": size,
@@ -130,6 +156,10 @@ def measure_one(stage: str, size: int, batch: int, repeats: int, device: str) ->
     if dev.type == "cuda":
         row["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         row["memory"] = "torch.cuda.max_memory_allocated"
+    elif hwm_kb is not None and rss_kb is not None:
+        row["peak_mb"] = (hwm_kb - rss_kb) / 1024
+        row["process_peak_mb"] = hwm_kb / 1024
+        row["memory"] = "peak resident set over the calls less the resident set before them"
     else:
         row["peak_mb"] = (peak_kb - base_kb) / 1024
         row["process_peak_mb"] = peak_kb / 1024
@@ -268,21 +298,29 @@ def bench_scale(
     for st in stages:
         if st not in STAGES:
             raise ValueError(f"unknown stage {st!r}; stages: {', '.join(STAGES)}")
+    base = Path(out)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    partial = base.with_suffix(".partial.jsonl")
+    done = {}  # a killed run's rows, measured with the same settings
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            r = json.loads(line)
+            if (r.get("repeats"), r.get("device_asked")) == (repeats, device):
+                done[(r["stage"], r["size"], r["batch"])] = r
+    todo = [(st, sz, b) for sz in sizes for b in batches for st in stages]
     rows = []
-    for size in sizes:
-        for batch in batches:
-            for stage in stages:
-                r = _run_one(stage, size, batch, repeats, device, timeout)
-                print(
-                    json.dumps(
-                        {
-                            k: r.get(k)
-                            for k in ("stage", "size", "batch", "median_s", "peak_mb", "error")
-                        }
-                    ),
-                    flush=True,
-                )
-                rows.append(r)
+    for i, (stage, size, batch) in enumerate(todo, 1):
+        r = done.get((stage, size, batch))
+        if r is None:
+            r = _run_one(stage, size, batch, repeats, device, timeout)
+            r.update(repeats=repeats, device_asked=device)
+            with partial.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+        keep = ("stage", "size", "batch", "median_s", "peak_mb", "error")
+        shown = json.dumps({k: r.get(k) for k in keep})
+        print(f"[{i}/{len(todo)}]{' (resumed)' if (stage, size, batch) in done else ''} {shown}")
+        sys.stdout.flush()
+        rows.append(r)
     ok = [r for r in rows if "error" not in r]
     meta = {
         "device": ok[0]["device"] if ok else device,
@@ -292,12 +330,11 @@ def bench_scale(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     ks = exponents(rows)
-    base = Path(out)
-    base.parent.mkdir(parents=True, exist_ok=True)
     result = {"meta": meta, "exponents": ks, "rows": rows}
     base.with_suffix(".json").write_text(json.dumps(result, indent=2))
     base.with_suffix(".md").write_text(_markdown(rows, ks, meta))
     _plot(rows, base.with_suffix(".png"))
+    partial.unlink(missing_ok=True)
     print(f"wrote {base}.json, .md, .png")
     return result
 

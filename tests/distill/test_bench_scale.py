@@ -3,8 +3,16 @@
 import json
 
 import pytest
+import torch
 
-from distill.bench_scale import STAGES, exponent, measure_one
+from distill.bench_scale import (
+    STAGES,
+    _status_kb,
+    bench_scale,
+    exponent,
+    measure_one,
+    reset_peak_rss,
+)
 from distill.cli import main, run
 
 
@@ -17,7 +25,34 @@ def test_exponent_is_the_log_log_slope():
 def test_every_stage_runs_at_32px_batch_1():
     for stage in STAGES:
         r = measure_one(stage, 32, 1, 1, "cpu")
-        assert r["median_s"] > 0 and r["peak_mb"] >= 0 and "ru_maxrss" in r["memory"], stage
+        assert r["median_s"] > 0 and r["peak_mb"] >= 0 and r["memory"], stage
+
+
+def test_peak_memory_sees_an_allocation_after_a_reset():
+    """The peak resident set, reset to the current one, rises by what a call allocates and frees
+    (ru_maxrss would not move when the process peaked higher before)."""
+    if not reset_peak_rss():
+        pytest.skip("no /proc/self/clear_refs here")
+    big = torch.ones(96 * 2**20)  # 384 MB touched, freed: the earlier peak
+    del big
+    assert reset_peak_rss()
+    rss = _status_kb("VmRSS")
+    x = torch.ones(64 * 2**20)  # 256 MB
+    del x
+    grew_mb = (_status_kb("VmHWM") - rss) / 1024
+    assert 240 < grew_mb < 300, grew_mb
+
+
+def test_a_killed_run_resumes_from_its_partial_rows(tmp_path):
+    out = tmp_path / "scale"
+    row = {"stage": "recon", "size": 32, "batch": 1, "pixels": 1024, "median_s": 123.0,
+           "times_s": [123.0], "device": "cpu", "peak_mb": 1.0, "memory": "m",
+           "repeats": 1, "device_asked": "cpu"}  # fmt: skip
+    out.with_suffix(".partial.jsonl").write_text(json.dumps(row) + "\n")
+    res = bench_scale(str(out), sizes=(32,), batches=(1,), stages=("recon",), repeats=1,
+                      device="cpu")  # fmt: skip
+    assert res["rows"][0]["median_s"] == 123.0  # read back, not measured again
+    assert not out.with_suffix(".partial.jsonl").exists()  # the finished run removes it
 
 
 def test_bench_scale_cli_writes_json_md_png(tmp_path):
