@@ -178,12 +178,40 @@ def exponent(rows: list[dict]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else None
 
 
-def _run_one(stage: str, size: int, batch: int, repeats: int, device: str, timeout: float) -> dict:
-    """``measure_one`` in a fresh subprocess; a failure (out of memory, time out) is recorded."""
+def memory_total_bytes() -> int | None:
+    """This machine's memory (``MemTotal``; None off Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _run_one(
+    stage: str,
+    size: int,
+    batch: int,
+    repeats: int,
+    device: str,
+    timeout: float,
+    max_bytes: int | None = None,
+) -> dict:
+    """``measure_one`` in a fresh subprocess; a failure (out of memory, time out) is recorded.
+    ``max_bytes`` caps the subprocess's address space, so a configuration that needs more than
+    the machine has fails with the allocator's error instead of driving it into the OOM killer."""
     cmd = [sys.executable, "-m", "distill.bench_scale", stage, str(size), str(batch)]
     cmd += [str(repeats), device]
+
+    def cap() -> None:
+        if max_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout, preexec_fn=cap
+        )
     except subprocess.TimeoutExpired:
         return {"stage": stage, "size": size, "batch": batch, "error": f"over {timeout:.0f} s"}
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
@@ -191,6 +219,27 @@ def _run_one(stage: str, size: int, batch: int, repeats: int, device: str, timeo
         err = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
         return {"stage": stage, "size": size, "batch": batch, "error": err}
     return json.loads(lines[-1])
+
+
+def predicted_over(rows: list[dict], stage: str, size: int, batch: int, budget_s: float):
+    """Why (stage, size, batch) need not run, from the rows measured so far: a smaller
+    configuration of the stage (no larger in size or batch) failed, or its time scaled up
+    linearly in pixels and batch, a lower bound here (every stage's measured exponent is >= 1),
+    exceeds ``budget_s``. None: run it."""
+    for r in rows:
+        if r["stage"] != stage or (r["size"], r["batch"]) == (size, batch):
+            continue
+        if r["size"] > size or r["batch"] > batch:
+            continue
+        if "error" in r:
+            return f"skipped: {r['size']} px at batch {r['batch']} failed ({r['error'][:60]})"
+        est = r["median_s"] * (size / r["size"]) ** 2 * (batch / r["batch"])
+        if est > budget_s:
+            return (
+                f"skipped: predicted over {budget_s:.0f} s ({est:.0f} s per call, linear"
+                f" from {r['size']} px at batch {r['batch']})"
+            )
+    return None
 
 
 def exponents(rows: list[dict]) -> dict:
@@ -207,16 +256,24 @@ def exponents(rows: list[dict]) -> dict:
     return out
 
 
+def _gb(max_bytes: int | None) -> str:
+    return "no cap" if not max_bytes else f"address space capped at {max_bytes / 2**30:.0f} GiB"
+
+
 def _markdown(rows: list[dict], ks: dict, meta: dict) -> str:
     sizes = sorted({r["size"] for r in rows})
     lines = [
         "# How cost grows with image size and batch (`distill bench scale`)",
         "",
         f"Device: {meta['device']}; {meta['repeats']} timed calls after a warm-up (median);"
-        f" memory: {meta['memory']}. Untrained networks of the shipped architectures.",
+        f" memory: {meta['memory']}. Untrained networks of the shipped architectures. Each"
+        f" configuration in its own process, at most {meta.get('timeout_s', 1800):.0f} s"
+        f" ({_gb(meta.get('max_bytes'))}); one whose time, scaled linearly from a smaller"
+        " configuration, would exceed its share of that is not run (`not run`). k: the slope of"
+        " log time on log pixels over every measured size; k, top: over the two largest.",
         "",
-        "| stage | batch | " + " | ".join(f"{s} px s (MB)" for s in sizes) + " | k |",
-        "|---|---|" + "---|" * len(sizes) + "---|",
+        "| stage | batch | " + " | ".join(f"{s} px s (MB)" for s in sizes) + " | k | k, top |",
+        "|---|---|" + "---|" * len(sizes) + "---|---|",
     ]
     for stage in ks:
         for b, k in ks[stage].items():
@@ -228,36 +285,53 @@ def _markdown(rows: list[dict], ks: dict, meta: dict) -> str:
                 )
                 if r is None:
                     cells.append("")
+                elif r.get("error", "").startswith("skipped: "):
+                    cells.append("not run: " + r["error"].removeprefix("skipped: ").split(" (")[0])
+                elif "allocate memory" in r.get("error", ""):
+                    cells.append(f"failed: out of memory ({_gb(meta.get('max_bytes'))})")
                 elif "error" in r:
-                    cells.append(f"failed: {r['error'][:40]}")
+                    cells.append(f"failed: {r['error'][:48]}")
                 else:
                     cells.append(f"{r['median_s']:.4g} ({r['peak_mb']:.0f})")
             kk = "n/a" if k is None else f"{k:.2f}"
-            lines.append(f"| {stage} | {b} | " + " | ".join(cells) + f" | {kk} |")
+            ok = sorted(
+                (r["size"], r)
+                for r in rows
+                if (r["stage"], str(r["batch"])) == (stage, b) and "error" not in r
+            )
+            top = exponent([r for _, r in ok[-2:]]) if len(ok) >= 2 else None
+            kt = "n/a" if top is None else f"{top:.2f} ({ok[-2][0]}-{ok[-1][0]} px)"
+            lines.append(f"| {stage} | {b} | " + " | ".join(cells) + f" | {kk} | {kt} |")
     lines += [
         "",
-        "Largest stage per size and batch (of teacher step, reconstructor, rasterizer):",
+        "Largest share of a served one-step request (one student step, then the reconstructor),"
+        " and whether rendering the reconstructor's"
+        " Gaussians to the held-out views (evaluation, turntables; not on the request path)"
+        " costs more than the request:",
         "",
     ]
-    for (s, b), name in dominant(rows).items():
-        lines.append(f"- {s} px, batch {b}: {name}")
+    for (s, b), (name, share, raster) in dominant(rows).items():
+        extra = "" if raster is None else f"; rendering {raster:.1f}x the request"
+        what = f"{name} ({100 * share:.0f}% of the two)"
+        if share < 0.55:  # 3 timed calls each: a few percent is noise, not a ranking
+            what = f"student step and reconstructor about equal ({name} {100 * share:.0f}%)"
+        lines.append(f"- {s} px, batch {b}: {what}{extra}")
     return "\n".join(lines) + "\n"
 
 
 def dominant(rows: list[dict]) -> dict:
-    """(size, batch) -> the costliest of the stages a served request chains."""
+    """(size, batch) -> (the costlier of student step and reconstructor, its share of their
+    sum, the rasterizer's time over that sum or None where it was not measured)."""
+    ok = {(r["stage"], r["size"], r["batch"]): r["median_s"] for r in rows if "error" not in r}
     out = {}
     for s in sorted({r["size"] for r in rows}):
         for b in sorted({r["batch"] for r in rows}):
-            ok = [
-                r
-                for r in rows
-                if (r["size"], r["batch"]) == (s, b)
-                and "error" not in r
-                and r["stage"] in ("student_step", "teacher_step", "recon", "raster")
-            ]
-            if ok:
-                out[(s, b)] = max(ok, key=lambda r: r["median_s"])["stage"]
+            st, rc = ok.get(("student_step", s, b)), ok.get(("recon", s, b))
+            if st is None or rc is None:
+                continue
+            name, top = ("student step", st) if st >= rc else ("reconstructor", rc)
+            ras = ok.get(("raster", s, b))
+            out[(s, b)] = (name, top / (st + rc), None if ras is None else ras / (st + rc))
     return out
 
 
@@ -293,8 +367,14 @@ def bench_scale(
     repeats: int = 3,
     device: str = "auto",
     timeout: float = 1800.0,
+    max_bytes: int | None = None,
 ) -> dict:
-    """Every (stage, size, batch) in its own process; writes ``out``.{json,md,png}."""
+    """Every (stage, size, batch) in its own process (at most ``timeout`` seconds and, on the
+    CPU, ``max_bytes`` of address space each: default this machine's memory); writes
+    ``out``.{json,md,png}. Measured rows of a killed run with the same settings are read back
+    from ``out``.partial.jsonl; failed ones are tried again."""
+    if max_bytes is None and device != "cuda":
+        max_bytes = memory_total_bytes()
     for st in stages:
         if st not in STAGES:
             raise ValueError(f"unknown stage {st!r}; stages: {', '.join(STAGES)}")
@@ -305,14 +385,19 @@ def bench_scale(
     if partial.exists():
         for line in partial.read_text().splitlines():
             r = json.loads(line)
-            if (r.get("repeats"), r.get("device_asked")) == (repeats, device):
+            same = (r.get("repeats"), r.get("device_asked")) == (repeats, device)
+            if same and "error" not in r:
                 done[(r["stage"], r["size"], r["batch"])] = r
     todo = [(st, sz, b) for sz in sizes for b in batches for st in stages]
+    per_call = timeout / (repeats + 1)  # the warm-up and the timed calls share the timeout
     rows = []
     for i, (stage, size, batch) in enumerate(todo, 1):
         r = done.get((stage, size, batch))
-        if r is None:
-            r = _run_one(stage, size, batch, repeats, device, timeout)
+        why = None if r is not None else predicted_over(rows, stage, size, batch, per_call)
+        if why is not None:
+            r = {"stage": stage, "size": size, "batch": batch, "error": why}
+        elif r is None:
+            r = _run_one(stage, size, batch, repeats, device, timeout, max_bytes)
             r.update(repeats=repeats, device_asked=device)
             with partial.open("a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -325,6 +410,8 @@ def bench_scale(
     meta = {
         "device": ok[0]["device"] if ok else device,
         "repeats": repeats,
+        "timeout_s": timeout,
+        "max_bytes": max_bytes,
         "memory": ok[0]["memory"] if ok else "",
         "threads": torch.get_num_threads(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -337,6 +424,14 @@ def bench_scale(
     partial.unlink(missing_ok=True)
     print(f"wrote {base}.json, .md, .png")
     return result
+
+
+def rewrite(out: str = "docs/bench/scale") -> None:
+    """Rewrite ``out``.md and .png from ``out``.json (no configuration is measured again)."""
+    base = Path(out)
+    res = json.loads(base.with_suffix(".json").read_text())
+    base.with_suffix(".md").write_text(_markdown(res["rows"], res["exponents"], res["meta"]))
+    _plot(res["rows"], base.with_suffix(".png"))
 
 
 if __name__ == "__main__":  # one configuration: STAGE SIZE BATCH REPEATS DEVICE

@@ -60,6 +60,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed calls (median) after warm-up")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="docs/bench/scale", help="output path without suffix")
+    p.add_argument("--timeout-s", type=float, default=1800.0, help="per configuration")
 
     p = bsub.add_parser("compile", help="one-step pipeline: torch.compile vs eager, same run")
     p.add_argument("--student", default="shipped/students/shortcut", help="a student folder")
@@ -271,7 +272,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         stages = args.stages.split(",") if args.stages else STAGES
         sizes, batches = _ints(args.sizes, "--sizes"), _ints(args.batches, "--batches")
-        bench_scale(args.out, sizes, batches, stages, args.repeats, args.device)
+        bench_scale(args.out, sizes, batches, stages, args.repeats, args.device, args.timeout_s)
         return
     if args.sub == "recon":
         from distill.bench_recon import bench_recon

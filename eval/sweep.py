@@ -265,7 +265,8 @@ class Sweep:
         cfg = self.cfg
         with pinned_threads(cfg.threads):
             lat = cell_latencies(pipes, self.cond, self.seeds, self.device, cfg.latency_repeats)
-            for (name, model, sampler, steps), row in zip(cells, rows):
+            bar = tqdm(list(zip(cells, rows)), desc="throughput and memory", unit="cell")
+            for (name, model, sampler, steps), row in bar:
                 setup, gen, rec, _ = pipes[(name, sampler, steps)]
                 if setup is not None:
                     setup()

@@ -10,6 +10,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from eval.stats import DIFFERENT, excludes_zero, holm, verdict
 
 # metrics that may decide a verdict (if the calibration passes them), higher is better?
@@ -179,20 +181,32 @@ def verdicts(
     finetune control) against each of the others, paired on the same objects and noise;
     with ``margins`` (metric -> margin) each comparison gets a verdict, Holm-corrected over all
     of them (one family). ``paired_fn(per_a, per_b)`` gives every metric's paired difference."""
-    lines, pairs = [], {}
-
-    def paired(a: tuple, b: tuple) -> dict:  # every metric of one pair, computed once
-        if (a, b) not in pairs:
-            pairs[(a, b)] = paired_fn(pers[a], pers[b])
-        return pairs[(a, b)]
-
+    groups = []
     for steps in sorted({r["steps"] for r in rows}):
         cand = [
             r for r in rows if r["steps"] == steps and r["method"] not in ("teacher", "finetune")
         ]
-        if len(cand) < 2:
-            continue
-        lines += [_line(cand, steps, m, paired, margins) for m in metrics]
+        if len(cand) >= 2:
+            groups.append((steps, cand))
+    # every pair the lines compare (the best per metric against each other student), computed
+    # once each with a progress bar: on 512 objects a pair's FID/KID intervals take a minute
+    need = {}
+    for steps, cand in groups:
+        for m in metrics:
+            best, *rest = sorted(cand, key=lambda r: r[m], reverse=VERDICT_METRICS[m])
+            for r in rest:
+                need[
+                    ((best["model"], best["sampler"], steps), (r["model"], r["sampler"], steps))
+                ] = 1
+    pairs = {
+        (a, b): paired_fn(pers[a], pers[b])
+        for a, b in tqdm(list(need), desc="paired intervals, best students", unit="pair")
+    }
+    lines = [
+        _line(cand, steps, m, lambda a, b: pairs[(a, b)], margins)
+        for steps, cand in groups
+        for m in metrics
+    ]
     decide_family([c for ln in lines for c in ln["others"]], objects)
     return [_finish(ln) for ln in lines]
 

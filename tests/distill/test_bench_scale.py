@@ -73,3 +73,18 @@ def test_bench_scale_refuses_bad_sizes_and_stages(tmp_path, capsys):
     assert "--sizes" in capsys.readouterr().err
     assert main(["bench", "scale", "--stages", "vae", "--out", str(tmp_path / "s")]) == 2
     assert "unknown stage 'vae'" in capsys.readouterr().err
+
+
+def test_a_configuration_predicted_over_the_time_limit_is_skipped():
+    from distill.bench_scale import predicted_over
+
+    rows = [
+        {"stage": "recon", "size": 64, "batch": 8, "median_s": 10.0},
+        {"stage": "raster", "size": 64, "batch": 8, "error": "over 600 s"},
+    ]
+    # linear in pixels and batch: 10 s x 4 x 1 = 40 s per call, under 60
+    assert predicted_over(rows, "recon", 128, 8, 60.0) is None
+    assert "predicted over 60 s (160 s per call" in predicted_over(rows, "recon", 128, 32, 60.0)
+    assert "failed (over 600 s)" in predicted_over(rows, "raster", 64, 32, 60.0)
+    assert predicted_over(rows, "recon", 32, 8, 1.0) is None  # only smaller ones predict
+    assert predicted_over(rows, "teacher_step", 128, 32, 1.0) is None  # another stage
