@@ -157,7 +157,9 @@ def measure_one(stage: str, size: int, batch: int, repeats: int, device: str) ->
         row["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         row["memory"] = "torch.cuda.max_memory_allocated"
     elif hwm_kb is not None and rss_kb is not None:
-        row["peak_mb"] = (hwm_kb - rss_kb) / 1024
+        # the kernel's RSS counters are cached per thread (a few hundred kB of slack): a call
+        # that adds nothing can read slightly below zero
+        row["peak_mb"] = max(0.0, (hwm_kb - rss_kb) / 1024)
         row["process_peak_mb"] = hwm_kb / 1024
         row["memory"] = "peak resident set over the calls less the resident set before them"
     else:
