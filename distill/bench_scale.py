@@ -10,9 +10,11 @@ shipped/recon/recon.json) with only its image size changed.
 Each (stage, size, batch) runs in its own subprocess, so its peak memory is its own: on the CPU
 the process's peak resident set over the calls (``VmHWM``, reset through
 ``/proc/self/clear_refs`` once the networks and inputs are built) less its resident set at that
-moment, i.e. what the calls themselves hold at their peak (tracemalloc does not see torch's
-allocations; where ``/proc`` cannot be reset, the growth of ``ru_maxrss``, which stays 0 when
-building the networks peaked higher than the calls); on CUDA ``torch.cuda.max_memory_allocated``.
+moment, i.e. what the calls add at their peak (a lower bound of their working memory: heap
+pages freed earlier and still resident are reused without growing it; tracemalloc does not see
+torch's allocations; where ``/proc`` cannot be reset, the growth of ``ru_maxrss``, which stays
+0 when building the networks peaked higher than the calls); on CUDA
+``torch.cuda.max_memory_allocated``.
 Rows are appended to ``<out>.partial.jsonl`` as they are measured, so a killed run resumes.
 Time: median of ``repeats`` calls after one warm-up call. Per stage and batch, the exponent k of
 time ~ pixels^k is the least-squares slope on log-log over the sizes.
