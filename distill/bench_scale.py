@@ -99,15 +99,20 @@ def stage_call(stage: str, size: int, batch: int, device: torch.device):
     return pipeline
 
 
-def _status_kb(field: str) -> int | None:
-    """A ``/proc/self/status`` field in kB (None off Linux)."""
+def _proc_kb(path: str, field: str) -> int | None:
+    """A ``field:`` line's value in kB from a /proc file (None off Linux or when absent)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def _status_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (None off Linux)."""
+    return _proc_kb("/proc/self/status", field)
 
 
 def reset_peak_rss() -> bool:
@@ -184,13 +189,8 @@ def exponent(rows: list[dict]) -> float | None:
 
 def memory_total_bytes() -> int | None:
     """This machine's memory (``MemTotal``; None off Linux)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    kb = _proc_kb("/proc/meminfo", "MemTotal")
+    return None if kb is None else kb * 1024
 
 
 def _run_one(

@@ -207,6 +207,11 @@ def verdicts(
         for steps, cand in groups
         for m in metrics
     ]
+    return _decide_lines(lines, objects)
+
+
+def _decide_lines(lines: list[dict], objects: int) -> list[dict]:
+    """The best-student lines' comparisons decided as one Holm family, and their summaries."""
     decide_family([c for ln in lines for c in ln["others"]], objects)
     return [_finish(ln) for ln in lines]
 
@@ -219,6 +224,5 @@ def redecide(meta: dict) -> dict:
     if "reference_verdicts" in meta:
         decide_family(meta["reference_verdicts"], n)
     if meta.get("verdicts"):
-        decide_family([c for ln in meta["verdicts"] for c in ln["others"]], n)
-        meta["verdicts"] = [_finish(ln) for ln in meta["verdicts"]]
+        meta["verdicts"] = _decide_lines(meta["verdicts"], n)
     return meta

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import bisect
 import io
 import json
 import os
@@ -219,14 +218,9 @@ def split_by_swaps(
     ones (a 1 s request overlaps a window far more often than a 0.1 s one), so "during swaps"
     would be slower than steady state with swaps that cost nothing
     (tests/serve/test_load_test_stats.py)."""
-    windows = sorted(windows)
-    starts = [w0 - guard for w0, _ in windows]
     during, steady = [], []
     for t0, _t1, ms in spans:
-        i = bisect.bisect_right(starts, t0)  # windows[:i] open at or before the arrival
-        hit = any(
-            t0 <= w1 + guard for _, w1 in windows[max(0, i - 3) : i]
-        )  # the swapper's calls are sequential
+        hit = any(w0 - guard <= t0 <= w1 + guard for w0, w1 in windows)
         (during if hit else steady).append(ms)
     return during, steady
 
