@@ -91,6 +91,10 @@ DECISIONS: list[tuple[str, Run | Skip]] = [
     ("distill compare", Run({"--steps": "1", "--count": "2"})),
     ("./scripts/make_students.sh", Skip(LONG)),
     (
+        "python scripts/budget_curves.py",
+        Skip("every recipe at 4 budgets; its tiny run is tests/distill/test_budget_curves.py"),
+    ),
+    (
         "distill metrics calibrate",
         Skip("over an hour here; its tiny run is tests/eval/test_margins.py"),
     ),

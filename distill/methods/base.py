@@ -265,6 +265,9 @@ class Method:
     sampler = "euler"  # how its students are sampled
     Config: type = object
     needs = Needs()  # what its student needs (path, parametrization, extra inputs)
+    # True when the run's length shapes its schedule (rounds or a last stage spread over
+    # ``ctx.total_steps``): a checkpoint part-way is then not a student of a shorter budget
+    schedule_spans_run = False
 
     def __init__(self, cfg, ctx: Context):
         self.cfg, self.ctx = cfg, ctx

@@ -59,6 +59,7 @@ def two_step_target(path: Path, x_t: Tensor, t: Tensor, x_end: Tensor, t_end: Te
 
 class Progressive(Method):
     name = "progressive"
+    schedule_spans_run = True  # the rounds share the run's updates evenly
     sampler = "ddim"
     Config = ProgressiveConfig
 

@@ -45,6 +45,7 @@ class ReflowConfig:
 
 class Reflow(Method):
     name = "reflow"
+    schedule_spans_run = True  # the distillation stage is the run's last updates
     sampler = "euler"
     Config = ReflowConfig
     needs = Needs(path="linear", prediction="velocity")
