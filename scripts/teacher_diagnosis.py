@@ -329,9 +329,25 @@ def _load_results(res_path: Path, a, copy: float) -> dict:
     res["variants"] = {  # entries written before budgets were part of the key
         (k if "@" in k else f"{k}@{v['steps']}"): v for k, v in res["variants"].items()
     }
-    res.update(objects=a.eval_count, train_count=a.train_count, copy_psnr_view0=copy)
-    res.update(world_version=a.world_version, equal_time=a.equal_time, set=a.set)
-    res.update(sample_steps=a.sample_steps)
+    now = {
+        "objects": a.eval_count,
+        "train_count": a.train_count,
+        "world_version": a.world_version,
+        "equal_time": a.equal_time,
+        "set": a.set,
+        "sample_steps": a.sample_steps,
+    }
+    if res["variants"]:  # measured figures of other settings must not share a table
+        changed = {k: (res[k], v) for k, v in now.items() if k in res and res[k] != v}
+        if changed:
+            raise SystemExit(
+                f"{res_path} holds variants measured with other settings "
+                + ", ".join(f"{k} {old} (now {v})" for k, (old, v) in changed.items())
+                + ": give another --out, or run with its settings"
+            )
+    if res.get("reference", {}).get("objects") != a.eval_count:
+        res.pop("reference", None)  # measured on other objects (or before it said how many)
+    res.update(now, copy_psnr_view0=copy)
     return res
 
 
@@ -341,7 +357,7 @@ def _reference(folder: str, truth, seeds, axis) -> dict:
 
     ref = load_teacher(folder)
     minutes = _teacher_minutes(Path(folder))
-    row = {"teacher": folder, "train_minutes": minutes}
+    row = {"teacher": folder, "train_minutes": minutes, "objects": len(truth)}
     row.update(evaluate(ref, truth, seeds, axis))
     return row
 
