@@ -100,6 +100,12 @@ def _add_teacher(sub) -> None:
     p.add_argument("--count", type=int, default=64, help="objects of the split")
     p.add_argument("--split", default="test", choices=["val", "test"], help="evaluation split")
     p.add_argument("--out", default="runs/teacher_eval", help="output folder")
+    p.add_argument(
+        "--targets",
+        default="",
+        help="a reference teacher's quality.json: decide the 50-step row against the teacher "
+        "targets (seen side, sharpness, unseen side, FID vs the reference) into targets.md",
+    )
     p = tsub.add_parser(
         "inspect", help="a teacher folder's family, schedule, grid, cameras and condition (or why "
         "it is refused)",
@@ -322,6 +328,7 @@ def _teacher(args: argparse.Namespace) -> None:
             args.out,
             args.data_root,
             split=args.split,
+            targets=args.targets,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -201,10 +202,14 @@ def eval_teacher(
     data_root: str,
     encoder_dir: str = "shipped/encoder",
     split: str = "test",
+    targets: str = "",
+    margins: str = "docs/metrics/margins.json",
 ) -> list[dict]:
     """The quality axis per step count (seen side, sharpness, unseen side on world version 2,
     FID/KID when the feature encoder exists) on ``split`` (val to choose, test to report),
-    JSON + markdown + grid PNG."""
+    JSON + markdown + grid PNG. With ``targets`` (a reference teacher's quality.json, for FID)
+    the 50-step row is decided against the teacher's targets (eval/teacher_targets.py) into
+    targets.json and targets.md."""
     from eval.views import models_objects, quality_table, step_quality, steps_grid, write_json
     from teachers.io import load_teacher
 
@@ -236,4 +241,32 @@ def eval_teacher(
     )
     print(table)
     print(f"wrote {out / 'quality.json'} and {out / 'steps_grid.png'}")
+    if targets:
+        write_targets(rows, meta, targets, margins, out)
     return rows
+
+
+def write_targets(rows: list[dict], meta: dict, reference: str, margins: str, out: Path) -> None:
+    """The 50-step row against the teacher's targets; the reference's 50-step row for FID."""
+    from eval.teacher_targets import targets_markdown, teacher_targets
+    from eval.views import write_json
+
+    row = next((r for r in rows if r["steps"] == 50), None)
+    if row is None:
+        raise ValueError("the targets are decided at 50 steps: include 50 in --steps")
+    ref_rows = json.loads(Path(reference).read_text())["rows"]
+    ref = next((r for r in ref_rows if r["steps"] == 50), None)
+    found = json.loads(Path(margins).read_text())["margins"] if Path(margins).exists() else {}
+    values = {k: v["margin"] for k, v in found.items() if v.get("margin")}
+    result = teacher_targets(row, values, ref)
+    write_json(
+        {**meta, "reference": reference, "margins": margins, "targets": result},
+        out / "targets.json",
+    )
+    title = (
+        f"Targets of teacher `{meta['teacher']}` at 50 steps, {meta['split']} split "
+        f"({row['objects']} objects, world version {meta['world_version']}); FID against "
+        f"`{reference}`, margins from `{margins}`."
+    )
+    (out / "targets.md").write_text(targets_markdown(result, title))
+    print(targets_markdown(result, title))

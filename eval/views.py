@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from eval.metrics import psnr, ssim
 from eval.sharpness import sharpness
-from eval.stats import mean_ci
+from eval.stats import mean_ci, paired_ci
 from scenes.preview import contact_sheet
 from students.sampling import sample_views
 
@@ -47,7 +47,8 @@ def step_quality(
     from eval.quality import QualityAxis, copy_baseline
 
     axis = QualityAxis(truth, recon, encoder, batch)
-    copy = mean_ci(copy_baseline(truth, axis.seen_mask))
+    copy_per = copy_baseline(truth, axis.seen_mask)
+    copy = mean_ci(copy_per)
     rows, views = [], {}
     for steps in tqdm(steps_list, desc="step counts"):
         v, nfe = sample_views(
@@ -61,8 +62,13 @@ def step_quality(
         )
         views[steps] = v
         row = {"steps": steps, "nfe": nfe, "sampler": sampler, "guidance": guidance}
-        row.update(axis.summary(axis.evaluate(v)))
+        per = axis.evaluate(v)
+        row.update(axis.summary(per))
         row["copy_psnr_view0"], row["copy_psnr_view0_ci95"] = copy
+        if "seen_psnr_view0" in per:  # paired with copying the condition, the same objects
+            row["vs_copy_psnr_view0"], row["vs_copy_psnr_view0_ci95"] = paired_ci(
+                per["seen_psnr_view0"], copy_per
+            )
         rows.append(row)
     return rows, views
 
