@@ -57,7 +57,11 @@ VARIANTS = {
 }
 # the stage 1 objective on the teacher v3: reference attention at every level + Pluecker rays
 VARIANTS["v3"] = ("teacher v3 (reference attention, camera rays), stage 1's objective", [])
-CONFIGS = {"v3": "configs/teacher/v3.yaml"}  # a variant's base config; default.yaml otherwise
+VARIANTS["v3_ref_t0"] = (
+    "teacher v3 with its reference pass at t = 0 (the clean condition read as clean)",
+    ["teacher.reference_time=zero"],
+)
+CONFIGS = {"v3": "configs/teacher/v3.yaml", "v3_ref_t0": "configs/teacher/v3.yaml"}
 DEFAULT_CONFIG = "configs/teacher/default.yaml"
 PROBE_STEPS = 30  # updates timed per variant for --equal-time (the first 10 are warm-up)
 NOISE_LEVELS = (0.2, 0.6, 1.0)
@@ -129,29 +133,54 @@ def load_checkpoint(run: Path, step: int):
     return model.eval()
 
 
+OTHER_COND = "x0_seen_psnr_view0_t1.0_other_cond"
+
+
 @torch.no_grad()
-def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
-    """Seen-side view-0 PSNR of the x0 estimate from x_t of the true views, per noise level."""
+def _x0_psnr(model, truth, axis, eps, t: float, cond) -> float:
+    """Seen-side view-0 PSNR of the x0 estimate from x_t of the true views at time ``t``."""
     from eval.seen import masked_psnr
     from samplers.paths import convert, get_path, interpolate
 
     path = get_path(model.path_name)
-    g = torch.Generator().manual_seed(0)
-    eps = torch.randn(truth.targets.shape, generator=g)
-    out = {}
-    for t in NOISE_LEVELS:
-        tt = torch.full((len(truth),), t)
-        x_t = interpolate(path, truth.targets, eps, tt)
-        pred = torch.cat(
-            [
-                model(x_t[i : i + 32], tt[i : i + 32], truth.cond[i : i + 32])
-                for i in range(0, len(truth), 32)
-            ]
-        )
-        x0 = convert(path, pred, x_t, tt, model.prediction, "x0").clamp(-1, 1)
-        p = masked_psnr(x0[:, 0], truth.targets[:, 0], axis.seen_mask[:, 0])
-        out[f"x0_seen_psnr_view0_t{t}"] = float(torch.nanmean(p))
+    tt = torch.full((len(truth),), t)
+    x_t = interpolate(path, truth.targets, eps, tt)
+    pred = torch.cat(
+        [model(x_t[i : i + 32], tt[i : i + 32], cond[i : i + 32]) for i in range(0, len(truth), 32)]
+    )
+    x0 = convert(path, pred, x_t, tt, model.prediction, "x0").clamp(-1, 1)
+    return float(torch.nanmean(masked_psnr(x0[:, 0], truth.targets[:, 0], axis.seen_mask[:, 0])))
+
+
+def _eps(truth):
+    return torch.randn(truth.targets.shape, generator=torch.Generator().manual_seed(0))
+
+
+def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
+    """Seen-side view-0 PSNR of the x0 estimate from x_t of the true views, per noise level (does
+    the condition reach the output at high noise?), and at t = 1 from another object's condition
+    (the same objects' conditions rolled by one: how much of the first is the condition's)."""
+    eps = _eps(truth)
+    out = {
+        f"x0_seen_psnr_view0_t{t}": _x0_psnr(model, truth, axis, eps, t, truth.cond)
+        for t in NOISE_LEVELS
+    }
+    other = truth.cond[torch.roll(torch.arange(len(truth)), 1)]
+    out[OTHER_COND] = _x0_psnr(model, truth, axis, eps, 1.0, other)
     return out
+
+
+def backfill_other_cond(res: dict, a, truth, axis) -> None:
+    """Points measured before the other-condition figure existed get it from their checkpoint
+    (the same noise and objects as the rest of their row)."""
+    other = truth.cond[torch.roll(torch.arange(len(truth)), 1)]
+    for key, v in res["variants"].items():
+        run = Path(a.run_root) / f"{key.split('@')[0]}_{v['steps']}"
+        for p in v["points"]:
+            if OTHER_COND in p or not (run / "checkpoints" / f"step_{p['step']:07d}").exists():
+                continue
+            model = load_checkpoint(run, p["step"])
+            p[OTHER_COND] = _x0_psnr(model, truth, axis, _eps(truth), 1.0, other)
 
 
 def _elapsed_minutes(run: Path) -> dict[int, float]:
@@ -261,17 +290,18 @@ def write_report(out: Path, res: dict, copy: float) -> None:
         "",
         "![curve](learning_curve.png)",
         "",
-        "| variant | updates | minutes | x0 t=0.2 | x0 t=0.6 | x0 t=1.0 |"
-        f" {res.get('sample_steps', 50)}-step seen view 0 |"
+        "| variant | updates | minutes | x0 t=0.2 | x0 t=0.6 | x0 t=1.0 | x0 t=1.0, other's"
+        f" condition | {res.get('sample_steps', 50)}-step seen view 0 |"
         " seen pooled | sharpness | unseen dist | FID |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in res["variants"].items():
         for p in v["points"]:
             lines.append(
                 f"| {name} | {p['step']} | {p['train_minutes']:.1f} | "
                 f"{p['x0_seen_psnr_view0_t0.2']:.2f} | {p['x0_seen_psnr_view0_t0.6']:.2f} | "
-                f"{p['x0_seen_psnr_view0_t1.0']:.2f} | {p['seen_psnr_view0']:.2f} ±"
+                f"{p['x0_seen_psnr_view0_t1.0']:.2f} | {_num(p.get(OTHER_COND))} |"
+                f" {p['seen_psnr_view0']:.2f} ±"
                 f" {p['seen_psnr_view0_ci95']:.2f} | {p['seen_psnr']:.2f} | {p['sharpness']:.2f} |"
                 f" {p['unseen_dist']:.3f} | {p['fid']:.2f} |"
             )
@@ -281,12 +311,17 @@ def write_report(out: Path, res: dict, copy: float) -> None:
             f"| reference teacher ({ref['teacher']}, its own world, both stages) | - |"
             f" {_minutes(ref['train_minutes'])} | {ref['x0_seen_psnr_view0_t0.2']:.2f} |"
             f" {ref['x0_seen_psnr_view0_t0.6']:.2f} | {ref['x0_seen_psnr_view0_t1.0']:.2f} |"
+            f" {_num(ref.get(OTHER_COND))} |"
             f" {ref['seen_psnr_view0']:.2f} ± {ref['seen_psnr_view0_ci95']:.2f} |"
             f" {ref['seen_psnr']:.2f} | {ref['sharpness']:.2f} | {ref['unseen_dist']:.3f} |"
             f" {ref['fid']:.2f} |"
         )
     lines += ["", *[f"- {n}: {v['what']}" for n, v in res["variants"].items()], ""]
     (out / "diagnosis.md").write_text("\n".join(lines))
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def _parse_args() -> argparse.Namespace:
@@ -417,6 +452,7 @@ def main() -> None:
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
     res = _load_results(res_path, a, copy)
+    backfill_other_cond(res, a, truth, axis)
     if a.reference and "reference" not in res:
         res["reference"] = _reference(a.reference, truth, seeds, axis)
         res_path.write_text(json.dumps(res, indent=2))

@@ -44,6 +44,7 @@ from teachers.reference_attention import install_reference_attention, reference_
 
 TIME_SCALE = 1000.0  # t in [0, 1] is fed to the UNet's sinusoidal embedding as t * 1000
 ARCHS = ("concat", "v3")
+REFERENCE_TIMES = ("same", "zero")  # v3: the reference pass's time
 RAY_CHANNELS = 6  # Pluecker: moment o x d, direction d
 
 
@@ -71,6 +72,9 @@ class LabTeacherConfig:
     cond_elevation: float = 5.0
     distance: float = 2.2
     fov_deg: float = 40.0
+    # v3's reference pass: at the main pass's time ("same": the clean condition read with the
+    # time embedding of the noisy views) or at t = 0 ("zero": read as the clean image it is)
+    reference_time: str = "same"
 
 
 def lab_cameras(cfg: LabTeacherConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,6 +116,11 @@ class LabTeacher(MultiViewTeacher):
         if v3 and len(cfg.elevations) != cfg.views:
             raise ValueError(
                 f"teacher.elevations needs {cfg.views} entries, got {len(cfg.elevations)}"
+            )
+        if cfg.reference_time not in REFERENCE_TIMES:
+            raise ValueError(
+                f"teacher.reference_time={cfg.reference_time!r}; valid: "
+                + ", ".join(REFERENCE_TIMES)
             )
         if v3 and not all(cfg.attention):
             raise ValueError(
@@ -191,7 +200,8 @@ class LabTeacher(MultiViewTeacher):
         else:
             own = self.cond_rays.to(x_t)[None].expand(b, RAY_CHANNELS, h, w)
             ref = F.pixel_unshuffle(torch.cat([cond.to(x_t), own], dim=1), p)
-            out = reference_forward(self.unet, main, k, ref, class_labels=emb)
+            k_ref = k if self.cfg.reference_time == "same" else torch.zeros_like(k)
+            out = reference_forward(self.unet, main, k, ref, class_labels=emb, reference_time=k_ref)
         return untile_views(F.pixel_shuffle(out, p), rows, cols)
 
     def save_pretrained(

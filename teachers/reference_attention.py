@@ -124,14 +124,20 @@ def reference_bank(unet: nn.Module) -> ReferenceBank:
 
 
 def reference_forward(
-    unet: nn.Module, sample: Tensor, timestep: Tensor, reference: Tensor, **kw
+    unet: nn.Module,
+    sample: Tensor,
+    timestep: Tensor,
+    reference: Tensor,
+    reference_time: Tensor | None = None,
+    **kw,
 ) -> Tensor:
-    """The UNet's output on ``sample`` with reference attention to ``reference`` (a latent at the
-    same noise level as ``sample``), both passes at ``timestep`` with the same keyword inputs."""
+    """The UNet's output on ``sample`` with reference attention to ``reference``, both passes
+    with the same keyword inputs; the reference pass at ``reference_time`` (default
+    ``timestep``: Zero123++ noises the reference latent to the sample's level)."""
     bank = reference_bank(unet)
     try:
         bank.mode = "write"  # 1. the reference pass records every self-attention's input
-        unet(reference, timestep, **kw)
+        unet(reference, timestep if reference_time is None else reference_time, **kw)
         bank.mode = "read"  # 2. the main pass appends it as extra keys/values
         return unet(sample, timestep, **kw).sample
     finally:

@@ -106,6 +106,24 @@ def test_the_condition_enters_only_by_reference_attention_at_every_level():
         assert torch.equal(t(x, tt, cond), t(x, tt, cond2))
 
 
+@pytest.mark.parametrize("reference_time", ["same", "zero"])
+def test_the_reference_pass_runs_at_its_configured_time(reference_time):
+    """ "same": the reference pass takes the main pass's timestep (Zero123++); "zero": t = 0,
+    the clean condition read as clean, so its recorded tokens do not depend on t."""
+    t = tiny_v3(reference_time=reference_time)
+    x, tt, cond = student_inputs()
+    steps = []
+    hook = t.unet.register_forward_pre_hook(lambda m, args: steps.append(args[1].clone()))
+    with torch.no_grad():
+        t(x, tt, cond)
+    hook.remove()
+    ref_t, main_t = steps
+    assert torch.equal(main_t, tt * 1000)  # TIME_SCALE: the UNet's timestep range
+    assert torch.equal(ref_t, main_t if reference_time == "same" else torch.zeros_like(tt))
+    with pytest.raises(ValueError, match="teacher.reference_time='noisy'; valid: same, zero"):
+        LabTeacher(tiny_v3_config(reference_time="noisy"))
+
+
 def test_every_attention_appends_the_reference_tokens():
     t = tiny_v3()
     procs = {
