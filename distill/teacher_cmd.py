@@ -248,6 +248,7 @@ def eval_teacher(
 
 def write_targets(rows: list[dict], meta: dict, reference: str, margins: str, out: Path) -> None:
     """The 50-step row against the teacher's targets; the reference's 50-step row for FID."""
+    from eval.margins import load_margins
     from eval.teacher_targets import targets_markdown, teacher_targets
     from eval.views import write_json
 
@@ -256,9 +257,8 @@ def write_targets(rows: list[dict], meta: dict, reference: str, margins: str, ou
         raise ValueError("the targets are decided at 50 steps: include 50 in --steps")
     ref_rows = json.loads(Path(reference).read_text())["rows"]
     ref = next((r for r in ref_rows if r["steps"] == 50), None)
-    found = json.loads(Path(margins).read_text())["margins"] if Path(margins).exists() else {}
-    values = {k: v["margin"] for k, v in found.items() if v.get("margin")}
-    result = teacher_targets(row, values, ref)
+    found = load_margins(margins)  # None without a file: no margin-based target decides
+    result = teacher_targets(row, found.values if found is not None else {}, ref)
     write_json(
         {**meta, "reference": reference, "margins": margins, "targets": result},
         out / "targets.json",

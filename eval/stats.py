@@ -18,6 +18,7 @@ BOOTSTRAP = 1000  # resamples for per-object means
 SET_BOOTSTRAP = 1000  # subsamples for set statistics (each one recomputes the statistic)
 SUBSAMPLE = 0.5  # set statistics: subsamples of this fraction of the objects, without replacement
 SEED = 1234
+Z95 = 1.959963984540054  # a 95% half-width over the standard error (normal quantile)
 ALPHA = 0.05  # level of every verdict (two one-sided tests, the difference test, Holm)
 
 
@@ -133,7 +134,7 @@ def verdict(diff: float, half: float, margin: float, objects: int) -> Verdict:
         raise ValueError(f"a margin must be > 0, got {margin}")
     if half != half or half <= 0 or objects < 2:
         return Verdict(INCONCLUSIVE, diff, half, margin, 1.0, 1.0)
-    se = half / 1.959963984540054
+    se = half / Z95
     p_eq = max(_normal_sf((diff + margin) / se), _normal_sf((margin - diff) / se))
     p_diff = min(1.0, 2 * _normal_sf(abs(diff) / se))
     v = Verdict(INCONCLUSIVE, diff, half, margin, p_eq, p_diff)
@@ -171,7 +172,7 @@ def objects_to_decide(
         gap, z = abs(v.diff), NormalDist().inv_cdf(1 - level_diff / 2)
     if gap <= 0 or v.half != v.half:
         return -1  # on the margin itself: no number of objects decides it
-    se = v.half / 1.959963984540054
+    se = v.half / Z95
     return max(objects + 1, int(math.ceil(objects * (z * se / gap) ** 2)))
 
 

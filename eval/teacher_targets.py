@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 
-from eval.stats import ALPHA, EQUIVALENT, _normal_sf, verdict
+from eval.stats import ALPHA, EQUIVALENT, Z95, _normal_sf, verdict
 
 MET, NOT_MET, INCONCLUSIVE = "met", "not met", "inconclusive"
 SEEN_PSNR_DB = 25.0
 ABOVE_COPY_DB = 3.0
-Z95 = 1.959963984540054  # the 95% half-widths the axis reports are Z95 standard errors
 
 
 def at_least(value: float, half: float, threshold: float, alpha: float = ALPHA) -> str:
@@ -37,14 +36,7 @@ def at_least(value: float, half: float, threshold: float, alpha: float = ALPHA) 
 def no_worse(diff: float, half: float, margin: float, alpha: float = ALPHA) -> str:
     """A lower-is-better difference (new - reference, half-width ``half``) is below ``margin``
     (non-inferiority, one-sided); *not met* when it is above the margin by the opposite test."""
-    if half != half or half <= 0:
-        return INCONCLUSIVE
-    se = half / Z95
-    if _normal_sf((margin - diff) / se) <= alpha:
-        return MET
-    if _normal_sf((diff - margin) / se) <= alpha:
-        return NOT_MET
-    return INCONCLUSIVE
+    return at_least(-diff, half, -margin, alpha)
 
 
 def teacher_targets(row: dict, margins: dict, reference: dict | None) -> list[dict]:

@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 FRACTIONS = (0.5, 1.0, 2.0, 3.0)
 STEPS = (1, 2, 4)  # the student step counts measured (those a student serves)
-METRICS = (  # (row key, higher is better, panel title)
-    ("seen_psnr", True, "seen-side PSNR (dB)"),
-    ("unseen_dist", False, "unseen-side distance"),
-    ("fid", False, "FID (lab encoder)"),
-    ("consistency_psnr", True, "3D consistency PSNR (dB)"),
-    ("sharpness", None, "sharpness (1 = truth)"),
+METRICS = (  # (row key, panel title)
+    ("seen_psnr", "seen-side PSNR (dB)"),
+    ("unseen_dist", "unseen-side distance"),
+    ("fid", "FID (lab encoder)"),
+    ("consistency_psnr", "3D consistency PSNR (dB)"),
+    ("sharpness", "sharpness (1 = truth)"),
 )
 
 
@@ -122,17 +122,17 @@ def curves(entries: list[dict], rows: list[dict]) -> dict:
         by_student.setdefault(r["model"], []).append(r)
     out: dict = {}
     for e in entries:
-        cards = json.loads((Path(e["student"]) / "student.json").read_text())
-        cost = cards.get("train_cost", {})
+        card = json.loads((Path(e["student"]) / "student.json").read_text())
+        cost = card.get("train_cost", {})
         for r in by_student.get(Path(e["student"]).name, []):
             p = {
                 "fraction": e["fraction"],
                 "updates": e["updates"],
                 "wall_s": cost.get("wall_s"),
-                "network_passes": cost.get("student_passes"),
+                "student_passes": cost.get("student_passes"),  # every network's passes
                 "own_run": e["own_run"],
             }
-            for k, _, _ in METRICS:
+            for k, _ in METRICS:
                 if r.get(k) is not None:
                     p[k], p[k + "_ci95"] = r[k], r.get(k + "_ci95")
                     if r.get(f"vs_ref_{k}_diff") is not None:
@@ -154,7 +154,7 @@ def write(out: Path, res: dict) -> None:
 
 
 def report(res: dict) -> str:
-    keys = [k for k, _, _ in METRICS]
+    keys = [k for k, _ in METRICS]
     lines = [
         "# Quality against distillation compute",
         "",
@@ -204,7 +204,7 @@ def plot(res: dict, path: Path) -> None:
 
     panels = [
         (k, t)
-        for k, _, t in METRICS
+        for k, t in METRICS
         if any(k in p for ps in res["curves"].values() for pts in ps.values() for p in pts)
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
@@ -284,7 +284,7 @@ def main() -> None:
         "machine": machine(),
         "fractions": fractions,
         "plan": entries,
-        "teacher50": {k: teacher50.get(k) for k, _, _ in METRICS},
+        "teacher50": {k: teacher50.get(k) for k, _ in METRICS},
         "curves": curves(entries, rows),
     }
     write(Path(a.out), res)

@@ -156,6 +156,11 @@ def _eps(truth):
     return torch.randn(truth.targets.shape, generator=torch.Generator().manual_seed(0))
 
 
+def _other_cond(truth):
+    """Each object given another object's condition (the conditions rolled by one)."""
+    return truth.cond[torch.roll(torch.arange(len(truth)), 1)]
+
+
 def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
     """Seen-side view-0 PSNR of the x0 estimate from x_t of the true views, per noise level (does
     the condition reach the output at high noise?), and at t = 1 from another object's condition
@@ -165,22 +170,23 @@ def x0_curve(model, truth, axis, seeds) -> dict[str, float]:
         f"x0_seen_psnr_view0_t{t}": _x0_psnr(model, truth, axis, eps, t, truth.cond)
         for t in NOISE_LEVELS
     }
-    other = truth.cond[torch.roll(torch.arange(len(truth)), 1)]
-    out[OTHER_COND] = _x0_psnr(model, truth, axis, eps, 1.0, other)
+    out[OTHER_COND] = _x0_psnr(model, truth, axis, eps, 1.0, _other_cond(truth))
     return out
 
 
-def backfill_other_cond(res: dict, a, truth, axis) -> None:
+def backfill_other_cond(res: dict, a, truth, axis) -> bool:
     """Points measured before the other-condition figure existed get it from their checkpoint
-    (the same noise and objects as the rest of their row)."""
-    other = truth.cond[torch.roll(torch.arange(len(truth)), 1)]
+    (the same noise and objects as the rest of their row); True when any did."""
+    eps, other, filled = _eps(truth), _other_cond(truth), False
     for key, v in res["variants"].items():
         run = Path(a.run_root) / f"{key.split('@')[0]}_{v['steps']}"
         for p in v["points"]:
             if OTHER_COND in p or not (run / "checkpoints" / f"step_{p['step']:07d}").exists():
                 continue
             model = load_checkpoint(run, p["step"])
-            p[OTHER_COND] = _x0_psnr(model, truth, axis, _eps(truth), 1.0, other)
+            p[OTHER_COND] = _x0_psnr(model, truth, axis, eps, 1.0, other)
+            filled = True
+    return filled
 
 
 def _elapsed_minutes(run: Path) -> dict[int, float]:
@@ -452,7 +458,9 @@ def main() -> None:
     copy = float(torch.nanmean(copy_baseline(truth, axis.seen_mask)))
     res_path = out / "diagnosis.json"
     res = _load_results(res_path, a, copy)
-    backfill_other_cond(res, a, truth, axis)
+    if backfill_other_cond(res, a, truth, axis):  # kept even when nothing else runs
+        res_path.write_text(json.dumps(res, indent=2))
+        write_report(out, res, copy)
     if a.reference and "reference" not in res:
         res["reference"] = _reference(a.reference, truth, seeds, axis)
         res_path.write_text(json.dumps(res, indent=2))

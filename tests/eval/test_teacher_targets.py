@@ -93,7 +93,11 @@ def test_teacher_eval_writes_the_targets(tiny_x0_teacher_dir, tiny_data_root, tm
     ref = tmp_path / "ref.json"
     ref.write_text(json.dumps({"rows": [{"steps": 50, "fid": 5.0, "fid_ci95": 1.0}]}))
     margins = tmp_path / "margins.json"
-    margins.write_text(json.dumps({"margins": {"sharpness": {"margin": 0.177}}}))
+    margins.write_text(
+        json.dumps(
+            {"meta": {"reference": "teacher@50"}, "margins": {"sharpness": {"margin": 0.177}}}
+        )
+    )
     out = tmp_path / "eval"
     rows = eval_teacher(
         str(tiny_x0_teacher_dir), [50], "euler", 3, 1.0, str(out), str(tiny_data_root),
