@@ -82,3 +82,12 @@ def test_bad_fractions_are_refused(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["budget_curves.py", "--methods", "nope"])
     with pytest.raises(SystemExit, match="unknown methods"):
         bc.main()
+
+
+def test_the_sweep_must_be_on_val_objects():
+    """Choosing a budget is a choice: a sweep set to the test split is refused before it runs."""
+    from argparse import Namespace
+
+    a = Namespace(run_root="runs/unused", teacher="t", eval_count=2, sweep_set=["split=test"])
+    with pytest.raises(SystemExit, match="val objects"):
+        bc.measure(["s"], a)
