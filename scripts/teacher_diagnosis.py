@@ -61,7 +61,11 @@ VARIANTS["v3_ref_t0"] = (
     "teacher v3 with its reference pass at t = 0 (the clean condition read as clean)",
     ["teacher.reference_time=zero"],
 )
-CONFIGS = {"v3": "configs/teacher/v3.yaml", "v3_ref_t0": "configs/teacher/v3.yaml"}
+VARIANTS["v3_concat"] = (
+    "teacher v3 with the condition also concatenated on channels (a pixel-aligned path)",
+    ["teacher.concat_condition=true"],
+)
+CONFIGS = {n: "configs/teacher/v3.yaml" for n in ("v3", "v3_ref_t0", "v3_concat")}
 DEFAULT_CONFIG = "configs/teacher/default.yaml"
 PROBE_STEPS = 30  # updates timed per variant for --equal-time (the first 10 are warm-up)
 NOISE_LEVELS = (0.2, 0.6, 1.0)
@@ -322,8 +326,19 @@ def write_report(out: Path, res: dict, copy: float) -> None:
             f" {ref['seen_psnr']:.2f} | {ref['sharpness']:.2f} | {ref['unseen_dist']:.3f} |"
             f" {ref['fid']:.2f} |"
         )
-    lines += ["", *[f"- {n}: {v['what']}" for n, v in res["variants"].items()], ""]
+    lines += ["", *[f"- {n}: {v['what']}{_probe(v)}" for n, v in res["variants"].items()], ""]
+    lines += [
+        "Minutes are wall time on the machine each variant ran on; machines differ between"
+        " sessions, so equal time is set per run from the probes (one machine), and the probed"
+        " seconds per update say how fast that machine was.",
+        "",
+    ]
     (out / "diagnosis.md").write_text("\n".join(lines))
+
+
+def _probe(v: dict) -> str:
+    s = v.get("probe_s_per_update")
+    return f" (probe: {s:.3f} s per update)" if s else ""
 
 
 def _num(x) -> str:

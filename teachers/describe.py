@@ -55,6 +55,8 @@ def _lab(folder: Path) -> dict:
             "reference attention at every UNet level (the condition through the same UNet), "
             "per-view Pluecker rays relative to the condition camera"
         )
+        if cfg.get("concat_condition"):
+            out["condition"] += "; the condition image also concatenated on channels"
     return out
 
 

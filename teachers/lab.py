@@ -13,6 +13,11 @@ enters:
   reference pass sees the condition image (with its own rays, zero moment in its own frame)
   clean, not noised to t as Zero123++ noises it: on the lab's linear path alpha(1) = 0 would
   erase it at the first step.
+
+  ``concat_condition`` (v3 only) also concatenates the condition image on channels to every view
+  and, so the channel count agrees, to the reference pass's image: a pixel-aligned path beside
+  the attention, as Zero123, SV3D and Wonder3D take their condition (the diagnosis on world 3
+  found attention and rays alone slow to find where the condition's pixels land).
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class LabTeacherConfig:
     # v3's reference pass: at the main pass's time ("same": the clean condition read with the
     # time embedding of the noisy views) or at t = 0 ("zero": read as the clean image it is)
     reference_time: str = "same"
+    # v3: the condition also on channels (a pixel-aligned path; the concat arch always has it)
+    concat_condition: bool = False
 
 
 def lab_cameras(cfg: LabTeacherConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,6 +129,11 @@ class LabTeacher(MultiViewTeacher):
                 f"teacher.reference_time={cfg.reference_time!r}; valid: "
                 + ", ".join(REFERENCE_TIMES)
             )
+        if cfg.concat_condition and not v3:
+            raise ValueError(
+                "teacher.concat_condition is a v3 option (teacher.arch=concat always "
+                "concatenates the condition)"
+            )
         if v3 and not all(cfg.attention):
             raise ValueError(
                 f"teacher.arch=v3 needs attention at every level (the condition enters there by "
@@ -144,7 +156,7 @@ class LabTeacher(MultiViewTeacher):
             if unet is not None
             else grid_unet(
                 cfg.image_size * cfg.rows // p,
-                (3 + RAY_CHANNELS if v3 else 3 + 3 + 2) * p * p,
+                self.input_channels * p * p,
                 3 * p * p,
                 cfg.channels,
                 cfg.attention,
@@ -164,6 +176,14 @@ class LabTeacher(MultiViewTeacher):
         az = torch.tensor([math.radians(a) for a in cfg.azimuths])
         code = torch.stack([torch.cos(az), torch.sin(az)], 1)  # [V, 2]
         self.register_buffer("view_code", code, persistent=False)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels per view before space-to-depth: the view, then the condition (concat, or v3
+        with concat_condition), then the azimuth code (concat) or the rays (v3)."""
+        if self.cfg.arch == "concat":
+            return 3 + 3 + 2
+        return 3 + 3 * self.cfg.concat_condition + RAY_CHANNELS
 
     @property
     def time_embed_dim(self) -> int:
@@ -193,13 +213,15 @@ class LabTeacher(MultiViewTeacher):
         rows, cols = self.info.grid
         p = self.cfg.patch
         rays = self.target_rays.to(x_t)[None].expand(b, v, RAY_CHANNELS, h, w)
-        main = F.pixel_unshuffle(tile_views(torch.cat([x_t, rays], dim=2), rows, cols), p)
+        pixels = [cond.to(x_t)] if self.cfg.concat_condition else []
+        views = [x_t, *(c[:, None].expand(b, v, 3, h, w) for c in pixels), rays]
+        main = F.pixel_unshuffle(tile_views(torch.cat(views, dim=2), rows, cols), p)
         k = t * TIME_SCALE
         if not self.reference:
             out = self.unet(main, k, class_labels=emb).sample
         else:
             own = self.cond_rays.to(x_t)[None].expand(b, RAY_CHANNELS, h, w)
-            ref = F.pixel_unshuffle(torch.cat([cond.to(x_t), own], dim=1), p)
+            ref = F.pixel_unshuffle(torch.cat([cond.to(x_t), *pixels, own], dim=1), p)
             k_ref = k if self.cfg.reference_time == "same" else torch.zeros_like(k)
             out = reference_forward(self.unet, main, k, ref, class_labels=emb, reference_time=k_ref)
         return untile_views(F.pixel_shuffle(out, p), rows, cols)

@@ -106,6 +106,37 @@ def test_the_condition_enters_only_by_reference_attention_at_every_level():
         assert torch.equal(t(x, tt, cond), t(x, tt, cond2))
 
 
+def test_concat_condition_adds_the_condition_on_channels_to_every_view_and_the_reference():
+    """v3 with concat_condition: each view's input is (view, condition, rays) and the reference
+    pass's (condition, condition, own rays); the condition then reaches the output even with the
+    reference pass off, and changes nothing of another sample."""
+    t = tiny_v3(concat_condition=True)
+    x, tt, cond = student_inputs()
+    cond2 = cond.clone()
+    cond2[1] = -cond2[1]
+    calls = []
+    hook = t.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].clone()))
+    with torch.no_grad():
+        a, b = t(x, tt, cond), t(x, tt, cond2)
+    hook.remove()
+    ref, main = calls[0], calls[1]
+    assert ref.shape == (2, 48, 8, 8) and main.shape == (2, 48, 16, 16)  # 3 + 3 + 6 channels x 4
+    views = torch.pixel_shuffle(main, 2)  # the 2 x 2 grid of views [B, 12, 32, 32]
+    for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)):  # every tile carries the condition on 3..5
+        tile = views[:, 3:6, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16]
+        assert torch.equal(tile, cond)
+    ref_img = torch.pixel_shuffle(ref, 2)
+    assert torch.equal(ref_img[:, :3], cond) and torch.equal(ref_img[:, 3:6], cond)
+    assert torch.equal(ref_img[:, 6:], t.cond_rays[None].expand(2, 6, 16, 16))
+    assert torch.allclose(a[0], b[0], atol=1e-6) and (a[1] - b[1]).abs().max() > 1e-4
+    t.reference = False  # the main pass alone still reads the condition from its channels
+    with torch.no_grad():
+        c, d = t(x, tt, cond), t(x, tt, cond2)
+    assert torch.allclose(c[0], d[0], atol=1e-6) and (c[1] - d[1]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="concat_condition is a v3 option"):
+        LabTeacher(tiny_v3_config(arch="concat", concat_condition=True))
+
+
 @pytest.mark.parametrize("reference_time", ["same", "zero"])
 def test_the_reference_pass_runs_at_its_configured_time(reference_time):
     """ "same": the reference pass takes the main pass's timestep (Zero123++); "zero": t = 0,
