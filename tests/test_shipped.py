@@ -69,6 +69,31 @@ def test_shipped_teacher_reproduces_its_quality_table(teacher_world_data):
     assert rows[0]["seen_psnr"] == pytest.approx(rows[0]["seen_psnr_view0"], abs=1e-6)
 
 
+@pytest.mark.skipif(
+    not (SHIPPED / "teacher_v3" / "teacher.json").exists(), reason="no world-3 teacher shipped"
+)
+def test_shipped_v3_teacher_reproduces_its_quality_table(tmp_path):
+    """The world-3 teacher in training (shipped/teacher_v3, not yet the default) reproduces the
+    2-step row of its test report on world version 3's regenerated test objects."""
+    from eval.views import eval_objects, step_quality
+    from scenes.data import make_split
+    from scenes.world import model_world
+    from teachers.io import load_teacher
+
+    rec = json.loads((ROOT / "docs" / "teacher" / "v3" / "quality.json").read_text())
+    assert rec["split"] == "test" and rec["world_version"] == 3
+    row = next(r for r in rec["rows"] if r["steps"] == 2)
+    model = load_teacher(SHIPPED / "teacher_v3")
+    assert model.cfg.arch == "v3" and model.cfg.concat_condition
+    world = model_world(model.record, model.info.image_size)
+    assert world.version == 3
+    make_split(tmp_path, "test", row["objects"], world)
+    truth, seeds = eval_objects(tmp_path, "test", row["objects"], model.info.image_size)
+    rows, _ = step_quality(model, truth, seeds, [2], row["sampler"], row["guidance"])
+    for k in ("seen_psnr_view0", "view0_psnr", "unseen_psnr"):
+        assert rows[0][k] == pytest.approx(row[k], abs=TOL_DB), k
+
+
 def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
     from distill.recon_cmd import recon_test_set
     from eval.recon_eval import evaluate
