@@ -77,7 +77,7 @@ def teacher_targets(row: dict, margins: dict, reference: dict | None) -> list[di
             "unseen-side reads fit the known distribution",
             f"goodness of fit p = {p:.3g} ({row.get('unseen_objects', '?')} objects)",
             MET if p >= ALPHA else NOT_MET,
-            "met: the test does not reject the known distribution at 5%",
+            "met when the test does not reject the known distribution at 5%",
         )
         add(
             "no leak: per-object accuracy at chance",
