@@ -24,16 +24,23 @@ SEEDS = [11, 12]
 
 
 def machine() -> str:
-    """Where exact equality is expected: torch version and CPU model."""
+    """Where exact equality is expected: torch version, CPU model name, family and model numbers
+    and the kernels torch picks (the name alone is "AMD EPYC" on several generations, whose
+    kernels round differently: ~1e-6 apart)."""
     cpu = platform.processor() or platform.machine()
+    ids = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in ids:
+                ids[key] = value.strip()
     except OSError:
         pass
-    return f"torch {torch.__version__}; {cpu}"
+    cpu = ids.get("model name", cpu)
+    if "cpu family" in ids:
+        cpu += f" (family {ids['cpu family']}, model {ids.get('model', '?')})"
+    return f"torch {torch.__version__}; {cpu}; {torch.backends.cpu.get_cpu_capability()}"
 
 
 def compute(data_root: Path) -> dict[str, torch.Tensor]:
