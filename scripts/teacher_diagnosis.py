@@ -296,7 +296,7 @@ def write_report(out: Path, res: dict, copy: float) -> None:
         f" ({' '.join(res.get('set', [])) or 'nothing set'}), EMA weights at each checkpoint;"
         f" {'equal wall time' if res.get('equal_time') else 'equal updates'} per variant."
         " Copying the condition into view 0 scores"
-        f" {copy:.2f} dB on the seen pixels.",
+        f" {copy:.2f} dB on the seen pixels.{_recipe_note(res)}",
         "",
         "![curve](learning_curve.png)",
         "",
@@ -334,6 +334,17 @@ def write_report(out: Path, res: dict, copy: float) -> None:
         "",
     ]
     (out / "diagnosis.md").write_text("\n".join(lines))
+
+
+def _recipe_note(res: dict) -> str:
+    """What the header's "from scratch" and "equal updates" mean for staged recipes (--recipe)."""
+    staged = [n for n, v in res["variants"].items() if any("stage" in p for p in v["points"])]
+    if not staged:
+        return ""
+    return (
+        f" Staged recipes ({', '.join(staged)}) are measured as trained: their own updates, each"
+        " later stage from the earlier stage's weights, updates and minutes summed over stages."
+    )
 
 
 def _probe(v: dict) -> str:
