@@ -53,20 +53,28 @@ def recon_world_data(tmp_path_factory):
 
 
 def test_shipped_teacher_reproduces_its_quality_table(teacher_world_data):
-    from eval.views import eval_objects, step_quality
     from teachers.io import load_teacher
 
     rec = json.loads((ROOT / "docs" / "teacher" / "quality.json").read_text())
     assert rec["split"] == "test"
+    now = _reproduces_two_step_row(load_teacher(SHIPPED / "teacher"), teacher_world_data, rec)
+    # the recorded seen_psnr pooled all four views (before the seen-share floor, quality axis
+    # version 3); now it pools the views whose seen share reaches 0.5, on this rig view 0 alone
+    assert now["seen_psnr"] == pytest.approx(now["seen_psnr_view0"], abs=1e-6)
+
+
+def _reproduces_two_step_row(model, data_root: Path, rec: dict) -> dict:
+    """Measure ``model`` at 2 steps on the test objects of ``data_root`` the way its report
+    ``rec`` (a teacher quality.json) was measured, assert the recorded row's figures, and return
+    the measured row."""
+    from eval.views import eval_objects, step_quality
+
     row = next(r for r in rec["rows"] if r["steps"] == 2)
-    model = load_teacher(SHIPPED / "teacher")
-    truth, seeds = eval_objects(teacher_world_data, "test", row["objects"], model.info.image_size)
+    truth, seeds = eval_objects(data_root, "test", row["objects"], model.info.image_size)
     rows, _ = step_quality(model, truth, seeds, [2], row["sampler"], row["guidance"])
     for k in ("seen_psnr_view0", "view0_psnr", "unseen_psnr"):
         assert rows[0][k] == pytest.approx(row[k], abs=TOL_DB), k
-    # the recorded seen_psnr pooled all four views (before the seen-share floor, quality axis
-    # version 3); now it pools the views whose seen share reaches 0.5, on this rig view 0 alone
-    assert rows[0]["seen_psnr"] == pytest.approx(rows[0]["seen_psnr_view0"], abs=1e-6)
+    return rows[0]
 
 
 @pytest.mark.skipif(
@@ -75,23 +83,18 @@ def test_shipped_teacher_reproduces_its_quality_table(teacher_world_data):
 def test_shipped_v3_teacher_reproduces_its_quality_table(tmp_path):
     """The world-3 teacher in training (shipped/teacher_v3, not yet the default) reproduces the
     2-step row of its test report on world version 3's regenerated test objects."""
-    from eval.views import eval_objects, step_quality
     from scenes.data import make_split
     from scenes.world import model_world
     from teachers.io import load_teacher
 
     rec = json.loads((ROOT / "docs" / "teacher" / "v3" / "quality.json").read_text())
     assert rec["split"] == "test" and rec["world_version"] == 3
-    row = next(r for r in rec["rows"] if r["steps"] == 2)
     model = load_teacher(SHIPPED / "teacher_v3")
     assert model.cfg.arch == "v3" and model.cfg.concat_condition
     world = model_world(model.record, model.info.image_size)
     assert world.version == 3
-    make_split(tmp_path, "test", row["objects"], world)
-    truth, seeds = eval_objects(tmp_path, "test", row["objects"], model.info.image_size)
-    rows, _ = step_quality(model, truth, seeds, [2], row["sampler"], row["guidance"])
-    for k in ("seen_psnr_view0", "view0_psnr", "unseen_psnr"):
-        assert rows[0][k] == pytest.approx(row[k], abs=TOL_DB), k
+    make_split(tmp_path, "test", next(r for r in rec["rows"] if r["steps"] == 2)["objects"], world)
+    _reproduces_two_step_row(model, tmp_path, rec)
 
 
 def test_shipped_reconstructor_reproduces_its_eval(recon_world_data):
