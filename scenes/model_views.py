@@ -3,7 +3,9 @@ one world a set of models is evaluated on (the world they were trained on)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from scenes.world import WorldConfig, recorded_world, target_views, world_id
 
@@ -149,6 +151,41 @@ class EvalWorld:
                 root, split, count, self.world.image_size, self.world, batch=batch
             )
         return open_world_split(root, split, count, self.world, self.recorded_by, batch=batch)
+
+
+def _folder_world(folder: Path) -> WorldConfig | None:
+    """A saved model's recorded world: its student.json's, else (a student answers for its
+    teacher) its teacher's teacher.json's, else its own teacher.json's; None without a record."""
+    card = folder / "student.json"
+    if card.exists():
+        info = json.loads(card.read_text())
+        world = recorded_world(info)
+        teacher = Path(info.get("teacher_dir") or "") / "teacher.json"
+        if world is None and info.get("teacher_dir") and teacher.exists():
+            world = recorded_world(json.loads(teacher.read_text()))
+        return world
+    card = folder / "teacher.json"
+    return recorded_world(json.loads(card.read_text())) if card.exists() else None
+
+
+def folders_world(folders: list[Path], image_size: int) -> WorldConfig:
+    """The world the models saved in ``folders`` (student.json or teacher.json each) were
+    trained on, read from their records without loading weights (a client of the served
+    students: the load test, the page screenshot); every record must name the same world, else
+    a ValueError names both. Without any record: the default world at ``image_size``."""
+    first: tuple[str, WorldConfig] | None = None
+    for folder in folders:
+        world = _folder_world(Path(folder))
+        if world is None:
+            continue
+        if first is None:
+            first = (str(folder), world)
+        elif world_id(world) != world_id(first[1]):
+            raise ValueError(
+                f"{_named(first[0], first[1])} and {_named(str(folder), world)} were trained on "
+                "different worlds; serve models of one world together"
+            )
+    return first[1] if first is not None else WorldConfig(image_size=image_size)
 
 
 def models_world(models: dict[str, object]) -> EvalWorld:

@@ -370,7 +370,7 @@ def condition_images(args) -> tuple[list[str], list[torch.Tensor], list[int]]:
     """The students to swap between, the test split's condition images and their seeds."""
     from recon.model import Reconstructor
     from scenes.data import open_split
-    from scenes.world import model_world
+    from scenes.model_views import folders_world
 
     students = sorted(
         p.name for p in Path(args.students).iterdir() if (p / "student.json").exists()
@@ -378,7 +378,8 @@ def condition_images(args) -> tuple[list[str], list[torch.Tensor], list[int]]:
     if len(students) < 2:
         raise SystemExit(f"need at least two students under {args.students} to swap")
     recon = Reconstructor.from_pretrained("shipped/recon")
-    world = model_world(recon.record, recon.cfg.image_size)  # the shipped models' world
+    # the world the swapped students were trained on (not the reconstructor's, which may be older)
+    world = folders_world([Path(args.students) / m for m in students], recon.cfg.image_size)
     ds = open_split(args.data_root, "test", args.images, world)
     b = ds.batch(list(range(args.images)))
     images = list(b["cond"])

@@ -39,11 +39,13 @@ def condition_png(index: int, out: Path) -> Path:
     from PIL import Image
 
     from recon.model import Reconstructor
+    from scenes.model_views import folders_world
     from scenes.samples import make_samples
-    from scenes.world import model_world, split_seed
+    from scenes.world import split_seed
 
     recon = Reconstructor.from_pretrained(ROOT / "shipped/recon")
-    world = model_world(recon.record, recon.cfg.image_size)
+    students = ROOT / "shipped/students"  # the served students' world, not the reconstructor's
+    world = folders_world(sorted(p for p in students.iterdir() if p.is_dir()), recon.cfg.image_size)
     cond = make_samples([split_seed("test", index)], world)["cond"][0]
     arr = ((cond.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     buf = io.BytesIO()

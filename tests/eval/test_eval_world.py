@@ -13,6 +13,7 @@ from tiny_util import smoke_sweep_config, student_card, tiny_recon, tiny_student
 from eval.encoder import FeatureEncoder
 from eval.sweep import Sweep
 from scenes.data import make_split
+from scenes.model_views import folders_world
 from scenes.world import WorldConfig, world_id
 from teachers.io import load_teacher
 
@@ -117,3 +118,16 @@ def test_models_of_different_worlds_in_one_sweep_are_refused(assets, tmp_path):
         Sweep(cfg)
     assert re.search(r"teacher .*t2", str(e.value)) and "student s1" in str(e.value)
     assert not (tmp_path / "data").exists()  # refused before any data is made
+
+
+def test_served_folders_world_is_read_from_the_records_not_the_reconstructors(assets):
+    """The load test and the page screenshot send conditions of the served students' world:
+    a card recording none answers for its teacher's record; two worlds are refused, naming both;
+    folders recording nothing get the default world at the given image size."""
+    assert world_id(folders_world([assets / "s2"], 16)) == world_id(W2)  # via its teacher
+    assert world_id(folders_world([assets / "t2", assets / "s2"], 16)) == world_id(W2)
+    assert world_id(folders_world([assets / "s1"], 16)) == world_id(W1)
+    with pytest.raises(ValueError, match=rf"s2 .*{world_id(W2)}.*s1 .*{world_id(W1)}"):
+        folders_world([assets / "s2", assets / "s1"], 16)
+    bare = assets / "encoder"  # no student.json / teacher.json
+    assert folders_world([bare], 24) == WorldConfig(image_size=24)
