@@ -22,13 +22,16 @@ from eval.margins import derive_margins, margins_md, run_time, write_margins
 from eval.quality import PER_OBJECT, QualityAxis, Truth, copy_baseline
 from eval.stats import excludes_zero
 from samplers.protocol import tensors_key
+from scenes.data import DATA_ROOT
 from scenes.world import WorldConfig
 
 
 @dataclass
 class CalibrateConfig:
     out: str = "docs/metrics"  # calibration.json and calibration.md
-    data_root: str = "data/world2"  # a world version 2 dataset (made if missing)
+    # the default root means the teacher's world's own folder (scenes.data.resolve_root: data/world2
+    # for a world-2 teacher, data/world3 for a world-3 one), made if missing
+    data_root: str = DATA_ROOT
     objects: int = 256  # test objects: the sweep's count
     recon: str = "shipped/recon"
     encoder: str = "shipped/encoder"
@@ -265,6 +268,7 @@ def calibrate_reference(cfg: CalibrateConfig, recon, encoder, world: WorldConfig
             "reference": label,
             "split": f"{cfg.reference_split} objects 0..{n - 1} of world version"
             f" {ds.world.version}",
+            "world": asdict(ds.world),  # a sweep on another world does not take these margins
             "objects": n,
             "levels": levels,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -131,6 +131,12 @@ class Sweep:
         b = ds.batch(list(range(cfg.objects)))
         self.world = ds.world
         self.rig = ds.rig
+        # margins derived on another world do not decide equivalence here: intervals only, said
+        self.margins_missing = "no margins file: intervals only"
+        why = self.margins.world_mismatch(ds.world) if self.margins is not None else None
+        if why is not None:
+            tqdm.write(f"margins not used: {why}")
+            self.margins, self.margins_missing = None, f"{why}; intervals only"
         self.truth = Truth.from_batch(b, ds.rig, ds.world.version)
         self.cond = b["cond"]
         self.seeds = [int(s) for s in b["seeds"]]
@@ -325,17 +331,17 @@ class Sweep:
     # --- the outputs ------------------------------------------------------------------------
     def write(self, rows: list[dict], pers: dict) -> None:
         usable, unusable, missing = usable_metrics(
-            self.cfg.calibration, self.axis.has_backs, self.world.version
+            self.cfg.calibration, self.axis.has_backs, self.world.version, self.world
         )
         if self.lpips is None:
             missing["lpips"] = self.lpips_missing
         meta = self._meta(usable, unusable, missing)
-        meta["sharpness_usable"] = sharpness_calibrated(self.cfg.calibration)
+        meta["sharpness_usable"] = sharpness_calibrated(self.cfg.calibration, self.world)
         mg = self.margins
         meta["margins"] = (
             mg.describe()
             if mg is not None
-            else {"path": self.cfg.margins, "missing": "no margins file: intervals only"}
+            else {"path": self.cfg.margins, "missing": self.margins_missing}
         )
         values, n = (mg.values if mg is not None else None), len(self.seeds)
         meta["verdicts"] = verdicts(rows, pers, usable, self.axis.paired, values, n)

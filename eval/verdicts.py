@@ -38,13 +38,35 @@ FAMILIES = ("reference", "best")
 Paired = Callable[[tuple, tuple], dict]  # two cells' keys -> their paired differences
 
 
+def calibration_world_mismatch(doc: dict, path: Path, world) -> str | None:
+    """Why a calibration (calibration.json's contents) does not apply to an evaluation on
+    ``world`` (a WorldConfig): it was measured on another world; None when it applies or
+    records no world."""
+    from scenes.world import world_config, world_id
+
+    rec = doc.get("meta", {}).get("world")
+    if world is None or rec is None:
+        return None
+    theirs = world_config(rec)
+    if world_id(theirs) == world_id(world):
+        return None
+    return (
+        f"calibrated on world {world_id(theirs)} (version {theirs.version}) at {path}, this"
+        f" evaluation runs on world {world_id(world)} (version {world.version}): recalibrate"
+        " there (distill metrics calibrate)"
+    )
+
+
 def usable_metrics(
-    calibration: str, has_backs: bool, world_version: int
+    calibration: str, has_backs: bool, world_version: int, world=None
 ) -> tuple[list[str], list[str], dict]:
     """Verdict metrics that pass the calibration and apply to this world: (usable, unusable
-    with the reason, missing with the reason)."""
+    with the reason, missing with the reason). A calibration measured on another world than
+    ``world`` (a WorldConfig, when given) makes every metric unusable, saying so."""
     path = Path(calibration)
-    ver = json.loads(path.read_text())["verdicts"] if path.exists() else {}
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    ver = doc.get("verdicts", {})
+    other_world = calibration_world_mismatch(doc, path, world)
     usable, unusable, missing = [], [], {}
     for m in VERDICT_METRICS:
         if m == "unseen_dist" and not has_backs:
@@ -52,6 +74,8 @@ def usable_metrics(
                 f"world version {world_version} has no discrete back classes (the"
                 " models were trained on it); unseen_dist needs world version 2 or 3"
             )
+        elif other_world is not None:
+            unusable.append(f"{m} ({other_world})")
         elif m not in ver:
             unusable.append(f"{m} (no calibration at {path})")
         elif not ver[m]["passes"]:
@@ -61,12 +85,16 @@ def usable_metrics(
     return usable, unusable, missing
 
 
-def sharpness_calibrated(path: str) -> bool:
-    """Whether the calibration at ``path`` passes the sharpness metric (blur and grain)."""
+def sharpness_calibrated(path: str, world=None) -> bool:
+    """Whether the calibration at ``path`` passes the sharpness metric (blur and grain), on
+    ``world`` where given (a calibration of another world does not count)."""
     p = Path(path)
     if not p.exists():
         return False
-    return bool(json.loads(p.read_text())["verdicts"].get("sharpness", {}).get("passes", False))
+    doc = json.loads(p.read_text())
+    if calibration_world_mismatch(doc, p, world) is not None:
+        return False
+    return bool(doc["verdicts"].get("sharpness", {}).get("passes", False))
 
 
 def side(metric: str, diff: float) -> str:

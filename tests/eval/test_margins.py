@@ -158,6 +158,7 @@ def test_calibrate_derives_margins_on_the_reference_outputs(tmp_path, tiny_teach
     assert len({(r["kind"], r["level"]) for r in res["rows"]}) == 10  # clean + 3 + 3 x 2 shares
     doc = json.loads((tmp_path / "cal" / "margins.json").read_text())
     assert doc["meta"]["reference"] == "teacher@2 (euler)"
+    assert doc["meta"]["world"]["version"] == 2  # a sweep on another world does not take them
     assert doc["meta"]["split"].startswith("val objects 0..3")
     # the reference's objects are val objects of the same world, not the test ones
     manifest = json.loads((tmp_path / "data" / "val" / "manifest.json").read_text())
@@ -414,3 +415,42 @@ def test_a_resumed_run_says_its_time_covers_only_the_rest():
     t = run_time({"seconds": 120.0, "cases": 19, "resumed_cases": 12})
     assert t.startswith("2.0 min in the run that finished") and "12 of 19 cases" in t
     assert run_time({}) == "time not recorded"
+
+
+def test_margins_and_calibrations_of_another_world_do_not_apply(tmp_path):
+    """Margins derived on one world say why they do not decide on another (by the recorded
+    world's id, else the version in the split's description); a calibration of another world
+    makes every verdict metric unusable, naming both worlds, and does not pass sharpness."""
+    from dataclasses import asdict
+
+    from eval.verdicts import VERDICT_METRICS, sharpness_calibrated, usable_metrics
+    from scenes.world import WorldConfig, world_id
+
+    w2, w3 = WorldConfig(image_size=16), WorldConfig(image_size=16, version=3)
+    doc = _doc({"fid": {"margin": 0.5, "kinds": {}}})
+    doc["meta"]["world"] = asdict(w2)
+    write_margins(tmp_path, doc)
+    mg = load_margins(tmp_path / "margins.json")
+    assert mg.world_mismatch(w2) is None
+    why = mg.world_mismatch(w3)
+    assert why is not None and world_id(w2) in why and world_id(w3) in why and "version 3" in why
+    assert mg.world_mismatch(WorldConfig(image_size=32)) is not None  # same version, other world
+    # a file written before meta.world: the version in the split's description
+    old = _doc({"fid": {"margin": 0.5, "kinds": {}}})
+    write_margins(tmp_path, old)
+    mg = load_margins(tmp_path / "margins.json")
+    assert mg.world_version == 2 and mg.world_mismatch(WorldConfig(image_size=32)) is None
+    assert "world version 2" in mg.world_mismatch(w3)
+    old["meta"]["split"] = "val"  # says nothing: nothing to refuse
+    write_margins(tmp_path, old)
+    assert load_margins(tmp_path / "margins.json").world_mismatch(w3) is None
+
+    cal = tmp_path / "calibration.json"
+    passes = {m: {"passes": True} for m in (*VERDICT_METRICS, "sharpness")}
+    cal.write_text(json.dumps({"meta": {"world": asdict(w2)}, "verdicts": passes}))
+    usable, unusable, _ = usable_metrics(str(cal), True, 2, w2)
+    assert set(usable) == set(VERDICT_METRICS) and not unusable
+    assert sharpness_calibrated(str(cal), w2) and not sharpness_calibrated(str(cal), w3)
+    usable, unusable, _ = usable_metrics(str(cal), True, 3, w3)
+    assert not usable and len(unusable) == len(VERDICT_METRICS)
+    assert all(world_id(w2) in u and "recalibrate" in u for u in unusable)

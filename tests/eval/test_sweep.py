@@ -357,3 +357,23 @@ def test_sweep_report_lines_are_three_way_verdicts_against_its_margins(
     assert {v["metric"] for v in ref} == {"seen_psnr", "fid"}
     # an absurdly wide FID margin: every FID comparison passes its two one-sided tests
     assert all(v["verdict"] == "equivalent" for v in ref if v["metric"] == "fid")
+
+
+def test_a_sweep_does_not_take_margins_of_another_world(sweep_assets, tiny_data_root, tmp_path):
+    """Margins derived on world version 1 do not decide equivalence in a sweep on version 2:
+    the sweep drops them before any cell runs and results.json will say why."""
+    from eval.margins import write_margins
+
+    doc = {
+        "meta": {
+            "reference": "teacher@3",
+            "split": "val objects 0..3 of world version 1",
+            "objects": 4,
+            "created": "x",
+        },
+        "margins": {"seen_psnr": {"margin": 0.5, "kinds": {}}},
+    }
+    write_margins(tmp_path, doc)
+    sw = Sweep(_cfg(sweep_assets, tiny_data_root, tmp_path, margins=str(tmp_path / "margins.json")))
+    assert sw.world.version == 2 and sw.margins is None
+    assert "world version 1" in sw.margins_missing and "intervals only" in sw.margins_missing

@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_util import ROOT, smoke_train_args, student_inputs
 
+from distill.methods import METHODS
 from recon.cameras import intrinsics, look_at, orbit_viewmat
 from teachers.lab import LabTeacher, LabTeacherConfig, lab_cameras, relative_rays
 from teachers.reference_attention import ReferenceAttnProcessor
@@ -29,8 +30,8 @@ def tiny_v3(seed: int = 0, **kw) -> LabTeacher:
 
 @pytest.fixture(scope="module")
 def tiny_v3_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("v3") / "teacher"
-    tiny_v3(prediction="x0").save_pretrained(folder, dtype=torch.float32)
+    folder = tmp_path_factory.mktemp("v3") / "teacher"  # the shipped v3's kind, in miniature
+    tiny_v3(prediction="x0", concat_condition=True).save_pretrained(folder, dtype=torch.float32)
     return folder
 
 
@@ -209,6 +210,7 @@ def test_v3_folder_round_trip_restores_the_same_outputs(tiny_v3_dir):
     before = LabTeacher.from_pretrained(tiny_v3_dir)
     loaded = load_teacher(tiny_v3_dir)
     assert loaded.cfg.arch == "v3" and loaded.record["config"]["arch"] == "v3"
+    assert loaded.cfg.concat_condition and loaded.record["config"]["concat_condition"]
     x, t, cond = student_inputs()
     with torch.no_grad():
         want = before(x, t, cond)
@@ -258,16 +260,19 @@ def test_teacher_train_smoke_on_the_tiny_v3_config(tmp_path):
     assert (run / "losses.csv").read_text().startswith("step,lr,elapsed_s,loss")
 
 
-def test_a_student_distils_a_tiny_v3_teacher(tiny_v3_dir, tiny_data_root, tmp_path):
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_distils_a_tiny_v3_teacher(method, tiny_v3_dir, tiny_data_root, tmp_path):
+    """Every method runs on the v3 architecture (reference pass, rays, condition on channels),
+    as the shipped students will: two updates, a student that samples finite views."""
     from distill.cli import main
     from students.folder import LoadedStudent
 
     # the card's val figures are the train smoke tests' to check (eval_count=0)
     run = tmp_path / "run"
-    args = smoke_train_args("consistency", tiny_v3_dir, run, tiny_data_root, 12, "eval_count=0")
+    args = smoke_train_args(method, tiny_v3_dir, run, tiny_data_root, 12, "eval_count=0")
     assert main(args[3:]) == 0
     st = LoadedStudent.from_pretrained(run / "student")
-    assert st.card.method == "consistency"
+    assert st.card.method == method
     assert json.loads((run / "student" / "student.json").read_text())["train_cost"]["updates"] == 2
     _, _, cond = student_inputs()
     views, _ = st.sample(cond, st.card.steps[0], [0, 1])
