@@ -205,23 +205,21 @@ class Margins:
     values: dict[str, float] = field(default_factory=dict)
     excluded: dict[str, str] = field(default_factory=dict)  # metric -> why it has no margin
     world: dict | None = None  # the world the reference was measured on (meta.world), if recorded
-    world_version: int | None = None  # from meta.world, else from the split's description
+    world_version: int | None = None  # files without meta.world: the split description's version
 
     def world_mismatch(self, world) -> str | None:
         """Why these margins do not apply to an evaluation on ``world`` (a WorldConfig): they
         were derived on another world (its id where the file records the world, else its
         version); None when they apply or the file does not say."""
-        from scenes.world import world_config, world_id
+        from scenes.world import other_recorded_world, world_name
 
-        if self.world is not None:
-            theirs = world_config(self.world)
-            if world_id(theirs) != world_id(world):
-                return (
-                    f"{self.path} was derived on world {world_id(theirs)} (version"
-                    f" {theirs.version}), this evaluation runs on world {world_id(world)}"
-                    f" (version {world.version}): re-derive it there (distill metrics calibrate)"
-                )
-        elif self.world_version is not None and self.world_version != world.version:
+        theirs = other_recorded_world(self.world, world)
+        if theirs is not None:
+            return (
+                f"{self.path} was derived on {world_name(theirs)}, this evaluation runs on"
+                f" {world_name(world)}: re-derive it there (distill metrics calibrate)"
+            )
+        if self.world_version not in (None, world.version):  # set only without meta.world
             return (
                 f"{self.path} was derived on world version {self.world_version}, this evaluation"
                 f" runs on world version {world.version}: re-derive it there (distill metrics"
@@ -262,7 +260,6 @@ def load_margins(path: str | Path) -> Margins | None:
             values[m] = float(v)
     key = hashlib.sha256(raw).hexdigest()[:16]
     world = doc["meta"].get("world")
-    found = re.search(r"world version (\d+)", str(doc["meta"].get("split", "")))
-    version = world.get("version", 1) if isinstance(world, dict) else None
-    version = version if version is not None else (int(found.group(1)) if found else None)
+    found = None if world else re.search(r"world version (\d+)", str(doc["meta"].get("split", "")))
+    version = int(found.group(1)) if found else None
     return Margins(str(p), key, reference, values, excluded, world, version)

@@ -42,18 +42,16 @@ def calibration_world_mismatch(doc: dict, path: Path, world) -> str | None:
     """Why a calibration (calibration.json's contents) does not apply to an evaluation on
     ``world`` (a WorldConfig): it was measured on another world; None when it applies or
     records no world."""
-    from scenes.world import world_config, world_id
+    from scenes.world import other_recorded_world, world_name
 
-    rec = doc.get("meta", {}).get("world")
-    if world is None or rec is None:
-        return None
-    theirs = world_config(rec)
-    if world_id(theirs) == world_id(world):
+    theirs = (
+        None if world is None else other_recorded_world(doc.get("meta", {}).get("world"), world)
+    )
+    if theirs is None:
         return None
     return (
-        f"calibrated on world {world_id(theirs)} (version {theirs.version}) at {path}, this"
-        f" evaluation runs on world {world_id(world)} (version {world.version}): recalibrate"
-        " there (distill metrics calibrate)"
+        f"calibrated on {world_name(theirs)} at {path}, this evaluation runs on"
+        f" {world_name(world)}: recalibrate there (distill metrics calibrate)"
     )
 
 

@@ -153,6 +153,24 @@ class EvalWorld:
         return open_world_split(root, split, count, self.world, self.recorded_by, batch=batch)
 
 
+def _one_world(worlds, then: str) -> tuple[str, WorldConfig] | None:
+    """The first (name, world) of ``worlds`` (name -> recorded world or None) that records one;
+    every other record must name the same world, else a ValueError names both and ends with
+    ``then``. None when none records a world."""
+    first: tuple[str, WorldConfig] | None = None
+    for name, world in worlds:
+        if world is None:
+            continue
+        if first is None:
+            first = (name, world)
+        elif world_id(world) != world_id(first[1]):
+            raise ValueError(
+                f"{_named(first[0], first[1])} and {_named(name, world)} were trained on different"
+                f" worlds; {then}"
+            )
+    return first
+
+
 def _folder_world(folder: Path) -> WorldConfig | None:
     """A saved model's recorded world: its student.json's, else (a student answers for its
     teacher) its teacher's teacher.json's, else its own teacher.json's; None without a record."""
@@ -160,9 +178,8 @@ def _folder_world(folder: Path) -> WorldConfig | None:
     if card.exists():
         info = json.loads(card.read_text())
         world = recorded_world(info)
-        teacher = Path(info.get("teacher_dir") or "") / "teacher.json"
-        if world is None and info.get("teacher_dir") and teacher.exists():
-            world = recorded_world(json.loads(teacher.read_text()))
+        if world is None and info.get("teacher_dir"):
+            return _folder_world(Path(info["teacher_dir"]))
         return world
     card = folder / "teacher.json"
     return recorded_world(json.loads(card.read_text())) if card.exists() else None
@@ -173,18 +190,8 @@ def folders_world(folders: list[Path], image_size: int) -> WorldConfig:
     trained on, read from their records without loading weights (a client of the served
     students: the load test, the page screenshot); every record must name the same world, else
     a ValueError names both. Without any record: the default world at ``image_size``."""
-    first: tuple[str, WorldConfig] | None = None
-    for folder in folders:
-        world = _folder_world(Path(folder))
-        if world is None:
-            continue
-        if first is None:
-            first = (str(folder), world)
-        elif world_id(world) != world_id(first[1]):
-            raise ValueError(
-                f"{_named(first[0], first[1])} and {_named(str(folder), world)} were trained on "
-                "different worlds; serve models of one world together"
-            )
+    worlds = ((str(f), _folder_world(Path(f))) for f in folders)
+    first = _one_world(worlds, "serve models of one world together")
     return first[1] if first is not None else WorldConfig(image_size=image_size)
 
 
@@ -195,18 +202,8 @@ def models_world(models: dict[str, object]) -> EvalWorld:
     cameras and image size."""
     if not models:
         raise ValueError("no models to choose an evaluation world from")
-    first: tuple[str, WorldConfig] | None = None
-    for name, model in models.items():
-        world = trained_world(model)
-        if world is None:
-            continue
-        if first is None:
-            first = (name, world)
-        elif world_id(world) != world_id(first[1]):
-            raise ValueError(
-                f"{_named(first[0], first[1])} and {_named(name, world)} were trained on different"
-                " worlds; one evaluation runs on one world: evaluate them separately"
-            )
+    worlds = ((name, trained_world(model)) for name, model in models.items())
+    first = _one_world(worlds, "one evaluation runs on one world: evaluate them separately")
     if first is not None:
         return EvalWorld(first[1], first[0])
     return EvalWorld(cameras_world(next(iter(models.values()))), None)

@@ -111,6 +111,20 @@ def recorded_world(info: dict | None) -> WorldConfig | None:
     return world_config(rec) if rec is not None else None
 
 
+def world_name(cfg: WorldConfig) -> str:
+    """A world as error messages name it: its id and version."""
+    return f"world {world_id(cfg)} (version {cfg.version})"
+
+
+def other_recorded_world(rec: dict | None, world: WorldConfig) -> WorldConfig | None:
+    """The world a file records (``rec``: a world config as a dict) when it is not ``world``;
+    None when it records none or the same one."""
+    if rec is None:
+        return None
+    theirs = world_config(rec)
+    return None if world_id(theirs) == world_id(world) else theirs
+
+
 def model_world(info: dict, image_size: int) -> WorldConfig:
     """The world a model was trained on (``recorded_world``); a model without a record gets the
     default world at its image size."""
