@@ -13,13 +13,24 @@ extended budget by budget (each student is that run stopped there: the 1x studen
 budget one, 3x costs 3x); a method whose schedule spans the run (progressive's rounds, reflow's
 last stage: ``Method.schedule_spans_run``) trains one whole run per budget. A killed run
 resumes; students already written are kept.
+
+Methods may be trained in several sessions (``--methods``): a run writes its methods' curves
+and keeps those of the other methods already in ``<out>.json`` when they were measured with the
+same teacher, val objects and world (another setting is refused, naming it). Each method
+records the session it was trained in: the machine, the date and ``reference_s``, the median
+time of one teacher forward at batch 16 measured at the start of that session, so wall times of
+methods trained on machines of different speed can be put side by side (``student_passes``,
+every network's passes, does not depend on the machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -85,6 +96,52 @@ def train(entry: dict, teacher: str, extra: list[str]) -> None:
     ]
     print(f"[{entry['method']} x{entry['fraction']:g}] {' '.join(args)}", flush=True)
     train_student(entry["method"], args, teacher_dir=teacher)
+
+
+def reference_seconds(teacher_dir: str, batch: int = 16, repeats: int = 5) -> float:
+    """Median seconds of one teacher forward at ``batch`` (no gradient), after one warm-up: how
+    fast this session's machine runs the network every method calls."""
+    import torch
+
+    from teachers.io import load_teacher
+
+    teacher = load_teacher(teacher_dir).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, *teacher.noise_shape()), generator=g)
+    s = teacher.info.image_size
+    cond = torch.rand((batch, 3, s, s), generator=g)
+    t = torch.full((batch,), 0.5)
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            teacher(x, t, cond)
+            if i:
+                times.append(time.perf_counter() - t0)
+    return round(statistics.median(times), 4)
+
+
+def merge(path: Path, res: dict) -> dict:
+    """``res`` with the curves of methods it did not train kept from an earlier ``path``
+    (same teacher, val objects and world; another setting is refused)."""
+    if not path.exists():
+        return res
+    old = json.loads(path.read_text())
+    for k in ("teacher_key", "objects", "world_version"):
+        if old.get(k) != res.get(k):
+            raise SystemExit(
+                f"{path} holds curves measured with {k}={old.get(k)!r}, this run "
+                f"{k}={res.get(k)!r}: write them to another --out, or remove it to start again"
+            )
+    ours = set(res["curves"])
+    for m, per_steps in old.get("curves", {}).items():
+        if m not in ours:
+            res["curves"][m] = per_steps
+            res["sessions"][m] = old.get("sessions", {}).get(m)
+    res["plan"] = [e for e in old.get("plan", []) if e["method"] not in ours] + res["plan"]
+    res["curves"] = dict(sorted(res["curves"].items()))
+    res["sessions"] = dict(sorted(res["sessions"].items()))
+    return res
 
 
 def measure(students: list[str], a) -> tuple[list[dict], dict, dict]:
@@ -161,7 +218,8 @@ def report(res: dict) -> str:
         f"Val objects 0..{res['objects'] - 1} (world {res['world_version']}), teacher "
         f"`{res['teacher']}`; each figure with its 95% interval over objects; Δ: paired with "
         "teacher@50 on the same objects and noise. Wall time is the student's measured "
-        f"training cost including preparation ({res['machine']}).",
+        "training cost including preparation, on the machine of the session that trained the "
+        "method (below).",
         "",
         "| method | steps | budget | updates | wall min | "
         + " | ".join(f"{k} (Δ teacher@50)" for k in keys)
@@ -192,7 +250,16 @@ def report(res: dict) -> str:
         "`own_run` in the json trains one run per budget (its schedule spans the run), the "
         "others one run stopped at each budget.",
         "",
+        "| method | trained on | date | reference_s (teacher forward, batch 16) |",
+        "|---|---|---|---|",
     ]
+    for m, sess in res.get("sessions", {}).items():
+        sess = sess or {}
+        lines.append(
+            f"| {m} | {sess.get('machine', 'n/a')} | {sess.get('date', 'n/a')} | "
+            f"{sess.get('reference_s', 'n/a')} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -264,6 +331,7 @@ def _parse_args() -> argparse.Namespace:
 def main() -> None:
     from distill.methods import METHODS
     from distill.train_cmd import machine
+    from samplers.protocol import folder_key
 
     a = _parse_args()
     methods = a.methods.split(",") if a.methods else list(METHODS)
@@ -274,20 +342,26 @@ def main() -> None:
     if any(f <= 0 for f in fractions):
         raise SystemExit(f"--fractions must be positive, got {a.fractions}")
     entries = plan(methods, fractions, Path(a.run_root), a.smoke, a.base_steps)
+    session = {
+        "machine": machine(),
+        "date": datetime.now().strftime("%Y-%m-%d"),
+        "reference_s": reference_seconds(a.teacher),
+    }
     for e in entries:
         train(e, a.teacher, a.set)
     rows, teacher50, meta = measure([e["student"] for e in entries], a)
     res = {
         "teacher": a.teacher,
+        "teacher_key": folder_key(a.teacher),
         "objects": meta["objects"],
         "world_version": meta["world_version"],
-        "machine": machine(),
         "fractions": fractions,
         "plan": entries,
         "teacher50": {k: teacher50.get(k) for k, _ in METRICS},
         "curves": curves(entries, rows),
+        "sessions": {m: session for m in methods},
     }
-    write(Path(a.out), res)
+    write(Path(a.out), merge(Path(a.out).with_suffix(".json"), res))
 
 
 if __name__ == "__main__":

@@ -91,3 +91,36 @@ def test_the_sweep_must_be_on_val_objects():
     a = Namespace(run_root="runs/unused", teacher="t", eval_count=2, sweep_set=["split=test"])
     with pytest.raises(SystemExit, match="val objects"):
         bc.measure(["s"], a)
+
+
+def _res(methods, objects=2, key="k1"):
+    curves = {m: {"1": [{"fraction": 1.0, "updates": 4, "wall_s": 60.0, "own_run": False,
+                       "seen_psnr": float(i), "seen_psnr_ci95": 0.5}]} for i, m in
+              enumerate(methods)}  # fmt: skip
+    return {
+        "teacher": "t", "teacher_key": key, "objects": objects, "world_version": 3,
+        "plan": [{"method": m, "fraction": 1.0} for m in methods], "curves": curves,
+        "sessions": {m: {"date": "d", "reference_s": 0.1} for m in methods},
+    }  # fmt: skip
+
+
+def test_a_later_session_keeps_the_methods_it_did_not_train(tmp_path):
+    """Methods trained in another session stay in the curves (their own session record); a
+    method trained again is replaced, not doubled; another teacher or object set is refused."""
+    path = tmp_path / "bc.json"
+    path.write_text(json.dumps(_res(["finetune", "shortcut"])))
+    new = _res(["shortcut", "dmd2"])
+    new["curves"]["shortcut"]["1"][0]["seen_psnr"] = 9.0
+    new["sessions"]["shortcut"] = new["sessions"]["dmd2"] = {"date": "later"}
+    out = bc.merge(path, new)
+    assert list(out["curves"]) == ["dmd2", "finetune", "shortcut"]
+    assert out["curves"]["shortcut"]["1"][0]["seen_psnr"] == 9.0  # the new run's
+    assert out["curves"]["finetune"]["1"][0]["seen_psnr"] == 0.0  # kept
+    assert out["sessions"]["finetune"]["date"] == "d" and out["sessions"]["dmd2"]["date"] == "later"
+    assert sorted(e["method"] for e in out["plan"]) == ["dmd2", "finetune", "shortcut"]
+    assert "finetune" in bc.report(out) and "later" in bc.report(out)
+    with pytest.raises(SystemExit, match="teacher_key"):
+        bc.merge(path, _res(["dmd2"], key="other"))
+    with pytest.raises(SystemExit, match="objects"):
+        bc.merge(path, _res(["dmd2"], objects=64))
+    assert bc.merge(tmp_path / "none.json", new) is new  # nothing earlier: as measured
