@@ -83,13 +83,15 @@ class CellCache:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def _base(self, name: str, sampler: str, steps: int, key: str) -> Path:
-        return self.folder / f"{name}__{sampler}__{steps}__{key}"
+    def _files(self, name: str, sampler: str, steps: int, key: str) -> tuple[Path, Path]:
+        """The cell's .json and .pt (suffixes appended: a model name may hold a dot, e.g. a
+        budget's student ``finetune_x0.5``, which ``with_suffix`` would cut off)."""
+        base = f"{name}__{sampler}__{steps}__{key}"
+        return self.folder / f"{base}.json", self.folder / f"{base}.pt"
 
     def load(self, name: str, sampler: str, steps: int, key: str):
         """(row, per-object figures, views) of a cached cell, or None."""
-        base = self._base(name, sampler, steps, key)
-        js, pt = base.with_suffix(".json"), base.with_suffix(".pt")
+        js, pt = self._files(name, sampler, steps, key)
         if js.exists() and pt.exists():
             data = torch.load(pt)
             return json.loads(js.read_text()), data["per"], data["views"]
@@ -98,8 +100,7 @@ class CellCache:
     def save(
         self, name: str, sampler: str, steps: int, key: str, row: dict, per: dict, views: Tensor
     ) -> None:
-        base = self._base(name, sampler, steps, key)
-        js, pt = base.with_suffix(".json"), base.with_suffix(".pt")
+        js, pt = self._files(name, sampler, steps, key)
         for path, write in (
             (pt, lambda p: torch.save({"per": per, "views": views.half()}, p)),
             (js, lambda p: p.write_text(json.dumps(row, indent=2))),
