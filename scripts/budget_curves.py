@@ -221,10 +221,10 @@ def report(res: dict) -> str:
         "training cost including preparation, on the machine of the session that trained the "
         "method (below).",
         "",
-        "| method | steps | budget | updates | wall min | "
+        "| method | steps | budget | updates | network passes | wall min | "
         + " | ".join(f"{k} (Δ teacher@50)" for k in keys)
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(keys),
+        "|---|---|---|---|---|---|" + "---|" * len(keys),
     ]
     for m, per_steps in res["curves"].items():
         for steps, pts in per_steps.items():
@@ -239,8 +239,10 @@ def report(res: dict) -> str:
                         c += f" ({p[k + '_vs_teacher50']:+.3g} ± {p[k + '_vs_teacher50_ci95']:.2g})"
                     cells.append(c)
                 wall = "n/a" if p["wall_s"] is None else f"{p['wall_s'] / 60:.1f}"
+                passes = p.get("student_passes")
+                passes = "n/a" if passes is None else f"{passes:,}"
                 lines.append(
-                    f"| {m} | {steps} | {p['fraction']:g}x | {p['updates']} | {wall} | "
+                    f"| {m} | {steps} | {p['fraction']:g}x | {p['updates']} | {passes} | {wall} | "
                     + " | ".join(cells)
                     + " |"
                 )
@@ -248,7 +250,10 @@ def report(res: dict) -> str:
         "",
         "Budget 1x is the recipe's equal budget (the shipped students); a method marked by "
         "`own_run` in the json trains one run per budget (its schedule spans the run), the "
-        "others one run stopped at each budget.",
+        "others one run stopped at each budget. Network passes (every forward, backward and "
+        "JVP of every network: student, teacher, targets, round teachers, fake score) do not "
+        "depend on the machine; wall time does, and a shared CPU's speed drifts: the sessions' "
+        "reference timings below say by how much.",
         "",
         "| method | trained on | date | reference_s (teacher forward, batch 16) |",
         "|---|---|---|---|",
@@ -268,6 +273,7 @@ def plot(res: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     panels = [
         (k, t)
@@ -295,6 +301,8 @@ def plot(res: dict, path: Path) -> None:
         if k == "sharpness":
             ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # minutes, not 2x10^0
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("distillation wall time (min, measured)")
         ax.set_title(title, fontsize=10)
     axes[0][0].legend(fontsize=7)
