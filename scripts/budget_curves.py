@@ -79,12 +79,13 @@ def plan(
     return out
 
 
-def train(entry: dict, teacher: str, extra: list[str]) -> None:
-    """Train (or resume) the run to the entry's updates and write its student."""
+def train(entry: dict, teacher: str, extra: list[str]) -> bool:
+    """Train (or resume) the run to the entry's updates and write its student; False when the
+    student was already written (nothing trained)."""
     from distill.train_cmd import train_student
 
     if (Path(entry["student"]) / "student.json").exists():
-        return
+        return False
     args = [
         str(ROOT / entry["recipe"]),
         f"run_dir={entry['run_dir']}",
@@ -96,6 +97,7 @@ def train(entry: dict, teacher: str, extra: list[str]) -> None:
     ]
     print(f"[{entry['method']} x{entry['fraction']:g}] {' '.join(args)}", flush=True)
     train_student(entry["method"], args, teacher_dir=teacher)
+    return True
 
 
 def reference_seconds(teacher_dir: str, batch: int = 16, repeats: int = 5) -> float:
@@ -137,6 +139,7 @@ def merge(path: Path, res: dict) -> dict:
     for m, per_steps in old.get("curves", {}).items():
         if m not in ours:
             res["curves"][m] = per_steps
+        if m not in ours or res["sessions"].get(m) is None:  # re-measured, not retrained
             res["sessions"][m] = old.get("sessions", {}).get(m)
     res["plan"] = [e for e in old.get("plan", []) if e["method"] not in ours] + res["plan"]
     res["curves"] = dict(sorted(res["curves"].items()))
@@ -355,8 +358,10 @@ def main() -> None:
         "date": datetime.now().strftime("%Y-%m-%d"),
         "reference_s": reference_seconds(a.teacher),
     }
+    trained = set()  # methods with a student trained by this run
     for e in entries:
-        train(e, a.teacher, a.set)
+        if train(e, a.teacher, a.set):
+            trained.add(e["method"])
     rows, teacher50, meta = measure([e["student"] for e in entries], a)
     res = {
         "teacher": a.teacher,
@@ -367,7 +372,8 @@ def main() -> None:
         "plan": entries,
         "teacher50": {k: teacher50.get(k) for k, _ in METRICS},
         "curves": curves(entries, rows),
-        "sessions": {m: session for m in methods},
+        # a method measured again without training keeps the session that trained it (merge)
+        "sessions": {m: session if m in trained else None for m in methods},
     }
     write(Path(a.out), merge(Path(a.out).with_suffix(".json"), res))
 

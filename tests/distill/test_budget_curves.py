@@ -124,3 +124,6 @@ def test_a_later_session_keeps_the_methods_it_did_not_train(tmp_path):
     with pytest.raises(SystemExit, match="objects"):
         bc.merge(path, _res(["dmd2"], objects=64))
     assert bc.merge(tmp_path / "none.json", new) is new  # nothing earlier: as measured
+    again = _res(["finetune"])  # measured again, nothing trained: the training session stays
+    again["sessions"]["finetune"] = None
+    assert bc.merge(path, again)["sessions"]["finetune"] == {"date": "d", "reference_s": 0.1}
