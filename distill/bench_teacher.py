@@ -19,7 +19,8 @@ import torch
 from eval.timing import call_flops, interleaved_times
 
 
-def _inputs(teacher, batch: int, device: torch.device):
+def teacher_inputs(teacher, batch: int, device: torch.device):
+    """Fixed (noise, time 0.5, condition) for timing ``batch`` teacher calls."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *teacher.noise_shape(), generator=g)
     s = teacher.info.image_size
@@ -29,7 +30,7 @@ def _inputs(teacher, batch: int, device: torch.device):
 
 
 def _measure(teacher, device, repeats: int, batch: int) -> dict:
-    x, t, cond = _inputs(teacher, batch, device)
+    x, t, cond = teacher_inputs(teacher, batch, device)
 
     def call():
         return teacher(x, t, cond)

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -101,26 +99,19 @@ def train(entry: dict, teacher: str, extra: list[str]) -> bool:
 
 
 def reference_seconds(teacher_dir: str, batch: int = 16, repeats: int = 5) -> float:
-    """Median seconds of one teacher forward at ``batch`` (no gradient), after one warm-up: how
-    fast this session's machine runs the network every method calls."""
-    import torch
-
+    """Median seconds of one teacher forward at ``batch`` (no gradient), after one warm-up, on
+    the device the methods train on: how fast this session's machine runs the network every
+    method calls."""
+    from distill.bench_teacher import teacher_inputs
+    from eval.timing import time_ms
     from teachers.io import load_teacher
+    from training.processes import train_device
 
-    teacher = load_teacher(teacher_dir).requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn((batch, *teacher.noise_shape()), generator=g)
-    s = teacher.info.image_size
-    cond = torch.rand((batch, 3, s, s), generator=g)
-    t = torch.full((batch,), 0.5)
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            teacher(x, t, cond)
-            if i:
-                times.append(time.perf_counter() - t0)
-    return round(statistics.median(times), 4)
+    dev = train_device()
+    teacher = load_teacher(teacher_dir).requires_grad_(False).to(dev)
+    x, t, cond = teacher_inputs(teacher, batch, dev)
+    ms = time_ms(lambda: teacher(x, t, cond), dev, warmup=1, repeats=repeats)
+    return round(ms / 1000, 4)
 
 
 def merge(path: Path, res: dict) -> dict:
