@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from eval.budget_axis import budget_axis_lines
 from eval.seen import SEEN_SHARE_FLOOR
 from eval.stats import DIFFERENT, EQUIVALENT
 from eval.timing_report import timing_lines
@@ -308,6 +309,7 @@ def report(rows: list[dict], meta: dict) -> str:
         amort,
         "",
         *[f"- {n}" for n in notes],
+        *budget_axis_lines(rows, meta.get("budget_axis"), meta["config"]["reference_steps"]),
         *unseen_lines(rows, meta),
         *timing_lines(rows, meta),
     ]

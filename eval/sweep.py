@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from eval.budget_axis import load_budget_axis
 from eval.cells import (
     AXIS_VERSION,
     Cell,
@@ -51,6 +52,7 @@ from eval.timing import (
 )
 from eval.verdicts import reference_verdicts, sharpness_calibrated, usable_metrics, verdicts
 from recon.io import load_reconstructor
+from samplers.protocol import folder_key
 from scenes.data import DATA_ROOT
 from scenes.model_views import check_views_fit, models_world, recon_world
 from scenes.world import target_views, world_id
@@ -72,6 +74,9 @@ class SweepConfig:
     calibration: str = "docs/metrics/calibration.json"  # which metrics may decide verdicts
     # equivalence margins per metric, fixed before the sweep ("" or no file: intervals only)
     margins: str = "docs/metrics/margins.json"
+    # quality against distillation compute (val) for the amortised table's budget axis, used
+    # only when measured on this sweep's teacher and world ("": none)
+    budget_curves: str = "docs/methods/budget_curves.json"
     data_root: str = DATA_ROOT
     split: str = "test"  # test: the final report; val: choosing recipes and checkpoints
     objects: int = 256  # objects in the evaluation set
@@ -347,6 +352,9 @@ class Sweep:
         meta["verdicts"] = verdicts(rows, pers, usable, self.axis.paired, values, n)
         compared = usable + (["sharpness"] if meta["sharpness_usable"] else [])
         meta["reference_verdicts"] = reference_verdicts(rows, compared, values, n)
+        meta["budget_axis"] = load_budget_axis(
+            self.cfg.budget_curves, folder_key(self.cfg.teacher), self.world.version
+        )
         write_results(self.out, rows, meta)
 
     def _meta(self, usable: list[str], unusable: list[str], missing: dict) -> dict:
