@@ -92,14 +92,14 @@ def _methods(args, out: Path, dev: torch.device) -> list[dict]:
 
 
 def _teacher(args, out: Path, dev: torch.device) -> dict:
-    """The shipped teacher's recipe (stage 1) for a few updates: what an update costs here."""
+    """The shipped teacher's recipe (v3, stage 1) for a few updates: what an update costs here."""
     from distill.teacher_cmd import train_teacher
 
     run = out / "teacher"
     shutil.rmtree(run, ignore_errors=True)
     train_teacher(
         [
-            str(ROOT / "configs/teacher/default.yaml"),
+            str(ROOT / "configs/teacher/v3.yaml"),
             f"run_dir={run}",
             f"out={run / 'teacher'}",
             f"data.root={args.data_root}",

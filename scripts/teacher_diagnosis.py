@@ -363,8 +363,8 @@ def _parse_args() -> argparse.Namespace:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--train-count", type=int, default=2000)
     ap.add_argument("--eval-count", type=int, default=64)
-    ap.add_argument("--data-root", default="data/world2")
-    ap.add_argument("--world-version", type=int, default=2, help="train and val world")
+    ap.add_argument("--data-root", default="data/world3")
+    ap.add_argument("--world-version", type=int, default=3, help="train and val world")
     ap.add_argument(
         "--set", action="append", default=[], help="key=value for every training run (smoke)"
     )

@@ -44,7 +44,7 @@ def tiny_teacher_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_x0_teacher_dir(tmp_path_factory):
-    """The same network predicting x0, like the shipped teacher of world version 2."""
+    """The same network predicting x0, like the shipped teacher."""
     return _tiny_teacher(tmp_path_factory, "x0")
 
 

@@ -196,4 +196,4 @@ def test_readme_commands_in_order_do_not_collide_on_worlds(tmp_path):
         if isinstance(what, Run):
             _run(what.tiny(argv), cwd)
     worlds = sorted(p.name for p in (cwd / "data").iterdir())
-    assert "world" in worlds and "world2" in worlds  # the reconstructor's and the teacher's
+    assert "world" in worlds and "world3" in worlds  # the reconstructor's and the teacher's
