@@ -224,7 +224,8 @@ class QualityAxis:
     def _unseen_summary(self, read: Tensor) -> dict:
         """Set figures of the back reads of the objects that show their back: the distance to
         the known distribution with its interval, the goodness-of-fit p-value, the outcome
-        counts, and whether the leak's 95% lower bound exceeds 0 (``unseen_leak`` is per object)."""
+        counts, and whether the leak's 95% lower bound exceeds 0 (``unseen_leak`` is per object;
+        one cell's test: a sweep corrects the flag across its cells, eval.report.leak_tests)."""
         row: dict = {"unseen_objects": len(read)}
         row["unseen_dist"], row["unseen_dist_ci95"] = set_ci(
             lambda idx: unseen_distance(read[idx]), len(read), self.set_resamples

@@ -9,7 +9,7 @@ import math
 
 from eval.budget_axis import budget_axis_lines
 from eval.seen import SEEN_SHARE_FLOOR
-from eval.stats import DIFFERENT, EQUIVALENT
+from eval.stats import DIFFERENT, EQUIVALENT, holm_step_down, mean_above_zero_p
 from eval.timing_report import timing_lines
 from eval.verdicts import REFERENCE_STEPS, reference_verdicts
 
@@ -111,21 +111,27 @@ def unseen_lines(rows: list[dict], meta: dict) -> list[str]:
         " back cannot be read), disagree (views read different classes). `fit p`: goodness of"
         " fit of the outcomes to the known back-class distribution (unreadable and disagree"
         " count against it). `leak`: per-object accuracy minus the chance of a generator blind"
-        " to the input, with its 95% interval; the back *leaks* when the lower bound exceeds 0.",
+        " to the input, with its 95% interval; `leak p`: one-sided p-value of a leak above 0;"
+        f" the back *leaks* when that test rejects after Holm's correction over the {len(cells)}"
+        " cells of this table (one test per cell, so an uncorrected 5% test would flag about"
+        f" {0.05 * len(cells):.1f} cells of a blind table by chance).",
         "",
         "| model | sampler | steps | objects | read | unreadable | disagree | unseen dist |"
-        " fit p | leak | leaks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " fit p | leak | leak p | leaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cells.sort(key=lambda r: (r["method"] != "teacher", r["model"], r["sampler"], r["steps"]))
-    for r in cells:
+    pvals, flags = leak_tests(cells)
+    for r, pv, flag in zip(cells, pvals, flags):
         lines.append(
             f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['unseen_objects']} |"
             f" {r['unseen_read']} | {r['unseen_unreadable']} | {r['unseen_disagree']} |"
             f" {_ci(r, 'unseen_dist', '.3f')} | {r['unseen_fit_p']:.3g} |"
-            f" {_ci(r, 'unseen_leak', '+.3f')} | {'yes' if r['unseen_leaks'] else 'no'} |"
+            f" {_ci(r, 'unseen_leak', '+.3f')} | {pv:.3g} | {'yes' if flag else 'no'} |"
         )
-    leaking = [f"{r['model']}@{r['steps']}" for r in cells if r["unseen_leaks"]]
+    leaking = [f"{r['model']}@{r['steps']}" for r, flag in zip(cells, flags) if flag]
+    uncorrected = [f"{r['model']}@{r['steps']}" for r in cells if r.get("unseen_leaks")]
+    dropped = [c for c in uncorrected if c not in leaking]
     if meta.get("world_version") == 2:
         lines += [
             "",
@@ -139,7 +145,23 @@ def unseen_lines(rows: list[dict], meta: dict) -> list[str]:
         ]
     elif leaking:
         lines += ["", f"Beyond chance on a world that hides the back: {', '.join(leaking)}."]
+    if dropped:
+        lines += [
+            "",
+            f"Uncorrected, the leak's 95% lower bound clears zero in {', '.join(dropped)} as well;"
+            " those do not survive Holm's correction over the table.",
+        ]
     return lines
+
+
+def leak_tests(cells: list[dict]) -> tuple[list[float], list[bool]]:
+    """Each cell's one-sided leak p-value (from its per-object mean and 95% interval) and whether
+    it rejects after Holm's step-down over all the cells (one family: is any cell's back read
+    from its input?)."""
+    pvals = [
+        mean_above_zero_p(r["unseen_leak"], r.get("unseen_leak_ci95", float("nan"))) for r in cells
+    ]
+    return pvals, holm_step_down(pvals)[0]
 
 
 def _decides(n: int | None) -> str:

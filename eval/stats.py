@@ -176,20 +176,35 @@ def objects_to_decide(
     return max(objects + 1, int(math.ceil(objects * (z * se / gap) ** 2)))
 
 
+def holm_step_down(pvalues: list[float], alpha: float = ALPHA) -> tuple[list[bool], list[float]]:
+    """Holm's step-down over one family of p-values: whether each test rejects, and the level
+    each faces (alpha / (k - rank), rank 0 the smallest p; the step-down stops at the first p
+    above its level, so no later test rejects). NaN p-values never reject."""
+    k = len(pvalues)
+    order = sorted(range(k), key=lambda i: (pvalues[i] != pvalues[i], pvalues[i]))
+    passed, rejects, levels = True, [False] * k, [alpha] * k
+    for rank, i in enumerate(order):
+        levels[i] = alpha / (k - rank)
+        passed = passed and pvalues[i] <= levels[i]
+        rejects[i] = passed
+    return rejects, levels
+
+
+def mean_above_zero_p(mean: float, half: float) -> float:
+    """One-sided p-value that a per-object mean exceeds 0, from its mean and 95% bootstrap
+    half-width (normal approximation, SE = half / 1.96; NaN without an interval)."""
+    if half != half or half <= 0:
+        return float("nan")
+    return _normal_sf(mean / (half / Z95))
+
+
 def holm(verdicts: list[Verdict], objects: list[int], alpha: float = ALPHA) -> list[Verdict]:
     """Holm's step-down correction within one family of verdicts, for each of its two tests
     (equivalence and difference); returns the verdicts decided at the corrected levels."""
-    k = len(verdicts)
     levels, own = {}, {}
     for test in ("p_equivalent", "p_different"):
-        order = sorted(range(k), key=lambda i: getattr(verdicts[i], test))
-        passed, lv, ol = True, [0.0] * k, [alpha] * k
-        for rank, i in enumerate(order):
-            level = alpha / (k - rank)
-            ol[i] = level
-            passed = passed and getattr(verdicts[i], test) <= level
-            lv[i] = 1.0 if passed else 0.0  # 1: rejects at its Holm level
-        levels[test], own[test] = lv, ol
+        rejects, own[test] = holm_step_down([getattr(v, test) for v in verdicts], alpha)
+        levels[test] = [1.0 if r else 0.0 for r in rejects]  # 1: rejects at its Holm level
     out = []
     for i, v in enumerate(verdicts):
         w = Verdict(v.verdict, v.diff, v.half, v.margin, v.p_equivalent, v.p_different)

@@ -10,6 +10,8 @@ from eval.stats import (
     EQUIVALENT,
     INCONCLUSIVE,
     holm,
+    holm_step_down,
+    mean_above_zero_p,
     set_ci,
     subsamples,
     verdict,
@@ -88,3 +90,20 @@ def test_holm_keeps_only_what_survives_the_family():
     z = 1.959963984540054  # one-sided at 0.025
     need = math.ceil(100 * (z * (0.2 / 1.959963984540054) / (0.5 - d)) ** 2)
     assert sorted(v.objects_to_decide for v in two_weak) == [101, need]
+
+
+def test_holm_step_down_is_holm_not_bonferroni():
+    # levels 0.05/3, 0.05/2, 0.05/1: all three reject; Bonferroni (0.05/3 each) would stop at 0.02
+    assert holm_step_down([0.04, 0.001, 0.02]) == ([True, True, True], [0.05, 0.05 / 3, 0.025])
+    # the step-down stops at the first p above its level: 0.03 > 0.025, so neither rejects
+    assert holm_step_down([0.03, 0.03])[0] == [False, False]
+    # a test without an interval (NaN) never rejects, and faces the last level
+    assert holm_step_down([float("nan"), 0.001]) == ([False, True], [0.05, 0.025])
+
+
+def test_mean_above_zero_p_from_an_interval():
+    se = 0.05
+    z95 = 1.959963984540054
+    assert mean_above_zero_p(1.6448536269514722 * se, z95 * se) == pytest.approx(0.05)
+    assert mean_above_zero_p(0.0, 0.1) == pytest.approx(0.5)
+    assert math.isnan(mean_above_zero_p(0.1, float("nan")))

@@ -253,3 +253,38 @@ def test_report_names_outcome_counts_and_the_cells_that_leak():
     text3 = "\n".join(unseen_lines([row("student", False)], {"world_version": 3}))
     assert "leak" in text3 and "leaks in" not in text3
     assert unseen_lines([{"model": "x"}], {"world_version": 1}) == []
+
+
+def test_report_corrects_the_leak_flags_for_the_number_of_cells():
+    """24 cells of a world that hides the back: three whose uncorrected 95% lower bound clears
+    zero by 0.003 (one-sided p ~0.02 each, about what 24 blind cells give by chance) are not
+    flagged after Holm's correction; a real leak (0.5 +- 0.1) among them is."""
+    from eval.report import unseen_lines
+
+    def row(i, leak, half):
+        return {
+            "model": f"m{i:02d}",
+            "method": "dmd2",
+            "sampler": "euler",
+            "steps": 1,
+            "unseen_objects": 256,
+            "unseen_read": 200,
+            "unseen_unreadable": 50,
+            "unseen_disagree": 6,
+            "unseen_dist": 0.3,
+            "unseen_dist_ci95": 0.1,
+            "unseen_fit_p": 0.5,
+            "unseen_leak": leak,
+            "unseen_leak_ci95": half,
+            "unseen_leaks": leak - half > 0,  # the per-cell, uncorrected flag
+        }
+
+    blind = [row(i, 0.0, 0.1) for i in range(21)] + [row(21 + i, 0.1, 0.097) for i in range(3)]
+    text = "\n".join(unseen_lines(blind, {"world_version": 3}))
+    assert "Beyond chance" not in text
+    assert "m21@1, m22@1, m23@1 as well" in text and "do not survive Holm" in text
+    assert text.count("| yes |") == 0 and "Holm's correction over the 24 cells" in text
+    leaky = [*blind[:23], row(23, 0.5, 0.1)]
+    text = "\n".join(unseen_lines(leaky, {"world_version": 3}))
+    assert "Beyond chance on a world that hides the back: m23@1." in text
+    assert text.count("| yes |") == 1
